@@ -1,0 +1,45 @@
+"""``/api/v1/approvals``: list pending approvals, read one, decide it.
+
+Mounted by the composition root (``STEWARD_ROUTERS`` names ``approvals.api:router``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from runtime import store
+from runtime.api.deps import StewardDep, UserDep
+from runtime.api.schemas import ApprovalPublic, DecisionCreate
+from runtime.models import ApprovalStatus
+
+router = APIRouter(prefix="/approvals", tags=["approvals"])
+
+
+@router.get("", response_model=list[ApprovalPublic], summary="Approval requests, oldest first")
+async def list_approvals(
+    steward: StewardDep,
+    _: UserDep,
+    status: ApprovalStatus | None = None,
+    run_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[ApprovalPublic]:
+    async with steward.db.session() as session:
+        found = await store.list_approvals(session=session, status=status, run_id=run_id, limit=limit)
+    return [ApprovalPublic.model_validate(a) for a in found]
+
+
+@router.get("/{approval_id}", response_model=ApprovalPublic, summary="One approval request")
+async def get_approval(approval_id: str, steward: StewardDep, _: UserDep) -> ApprovalPublic:
+    async with steward.db.session() as session:
+        return ApprovalPublic.model_validate(await store.get_approval(session=session, approval_id=approval_id))
+
+
+@router.post("/{approval_id}/decision", response_model=ApprovalPublic, summary="Approve or reject")
+async def decide(approval_id: str, body: DecisionCreate, steward: StewardDep, user: UserDep) -> ApprovalPublic:
+    """Record the caller's decision; the run resumes with it. Deciding twice answers 409."""
+    approval = await steward.executor.decide(
+        approval_id=approval_id, decision=body.decision, actor=user, comment=body.comment
+    )
+    return ApprovalPublic.model_validate(approval)

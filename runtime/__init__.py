@@ -1,0 +1,37 @@
+"""Steward's engine. What a workflow author needs is exported here.
+
+>>> from runtime import Workflow, Owner, StepContext
+"""
+
+from runtime.connectors import Connector, CrmConnector, Effect, PricingConnector, RetryPolicy, action
+from runtime.context import StepContext
+from runtime.errors import (
+    ApprovalRejected,
+    ConnectorError,
+    ConnectorRejected,
+    ConnectorTransient,
+    InputInvalid,
+    PermissionDenied,
+    StewardError,
+)
+from runtime.sdk import Owner, Registry, Workflow
+
+__all__ = [
+    "ApprovalRejected",
+    "Connector",
+    "ConnectorError",
+    "ConnectorRejected",
+    "ConnectorTransient",
+    "CrmConnector",
+    "Effect",
+    "InputInvalid",
+    "Owner",
+    "PermissionDenied",
+    "PricingConnector",
+    "Registry",
+    "RetryPolicy",
+    "StepContext",
+    "StewardError",
+    "Workflow",
+    "action",
+]

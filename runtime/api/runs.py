@@ -1,0 +1,72 @@
+"""``/api/v1/runs``: start, list, inspect and cancel runs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from runtime import store
+from runtime.api.deps import StewardDep, UserDep
+from runtime.api.schemas import RunCreate, RunDetail, RunPublic, StepPublic
+from runtime.models import ApprovalStatus, RunStatus
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+
+@router.post("", status_code=201, response_model=RunPublic, summary="Start a run")
+async def create_run(
+    body: RunCreate,
+    steward: StewardDep,
+    user: UserDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+) -> RunPublic:
+    """Validate the input against the workflow's model and queue a run. A repeated
+    ``Idempotency-Key`` with the same body returns the first run (200)."""
+    run, created = await steward.executor.submit(
+        workflow=body.workflow, input=body.input, actor=user, idempotency_key=idempotency_key
+    )
+    if not created:
+        response.status_code = 200
+    return RunPublic.model_validate(run)
+
+
+@router.get("", response_model=list[RunPublic], summary="List runs, newest first")
+async def list_runs(
+    steward: StewardDep,
+    _: UserDep,
+    status: RunStatus | None = None,
+    workflow: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[RunPublic]:
+    async with steward.db.session() as session:
+        runs = await store.list_runs(session=session, status=status, workflow=workflow, limit=limit)
+    return [RunPublic.model_validate(r) for r in runs]
+
+
+async def run_detail(steward: StewardDep, run_id: str) -> RunDetail:
+    async with steward.db.session() as session:
+        run = await store.get_run(session=session, run_id=run_id)
+        steps = await store.list_steps(session=session, run_id=run_id)
+        pending = await store.list_approvals(session=session, run_id=run_id, status=ApprovalStatus.pending)
+    ids = [a.id for a in pending]
+    return RunDetail.model_validate({
+        **RunPublic.model_validate(run).model_dump(),
+        "input": run.input,
+        "output": run.output,
+        "steps": [StepPublic.model_validate(s) for s in steps],
+        "pending_approval_id": ids[0] if ids else None,
+        "pending_approval_ids": ids,
+    })
+
+
+@router.get("/{run_id}", response_model=RunDetail, summary="One run with its steps and pending approval")
+async def get_run(run_id: str, steward: StewardDep, _: UserDep) -> RunDetail:
+    return await run_detail(steward, run_id)
+
+
+@router.post("/{run_id}/cancel", response_model=RunDetail, summary="Cancel a run that has not ended")
+async def cancel_run(run_id: str, steward: StewardDep, user: UserDep) -> RunDetail:
+    await steward.executor.cancel(run_id=run_id, actor=user)
+    return await run_detail(steward, run_id)

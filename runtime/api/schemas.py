@@ -1,0 +1,96 @@
+"""The shapes the HTTP API reads and returns."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from runtime.models import ApprovalStatus, RunStatus, StepStatus
+
+
+class RunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    workflow: str = Field(min_length=1, max_length=100, examples=["price_change"])
+    input: dict[str, Any] = Field(
+        examples=[{"items": [{"sku": "SKU-1001", "new_price": "115.00", "currency": "EUR"}], "reason": "cost increase"}]
+    )
+
+
+class StepPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    node: str
+    task_id: str
+    status: StepStatus
+    error: dict[str, Any] | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+class RunPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    workflow: str
+    version: str
+    status: RunStatus
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    trace_id: str | None
+    error: dict[str, Any] | None
+
+
+class RunDetail(RunPublic):
+    input: dict[str, Any]
+    output: dict[str, Any] | None
+    steps: list[StepPublic]
+    pending_approval_id: str | None
+    pending_approval_ids: list[str]
+
+
+class ApprovalPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    run_id: str
+    workflow: str
+    version: str
+    node: str
+    action: str
+    arguments: dict[str, Any]
+    arguments_hash: str
+    reason: str
+    requested_by: str
+    status: ApprovalStatus
+    decided_by: str | None
+    comment: str | None
+    created_at: datetime
+    decided_at: datetime | None
+
+
+class DecisionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approve", "reject"]
+    comment: str = Field("", max_length=4000)
+
+
+class AuditEventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    seq: int
+    created_at: str
+    actor: str
+    kind: str
+    run_id: str | None
+    workflow: str | None
+    version: str | None
+    trace_id: str | None
+    data: dict[str, Any]
+    prev_hash: str
+    hash: str

@@ -1,0 +1,306 @@
+"""``steward``: serve, start runs, decide approvals, verify the audit trail.
+
+Bad input exits with code 2 and a one-line reason on stderr; a broken audit chain exits 1.
+
+>>> steward run price_change --input '{"items": [...], "reason": "..."}' --wait
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+
+from runtime import audit, store
+from runtime.db import Database
+from runtime.errors import StewardError
+from runtime.models import ApprovalStatus, RunStatus
+from runtime.service import Steward, open_steward
+from runtime.settings import Settings
+
+app = typer.Typer(help="Steward: a governed runtime for AI automations.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+runs_app = typer.Typer(help="Inspect and cancel runs.", no_args_is_help=True)
+approvals_app = typer.Typer(help="List and decide approval requests.", no_args_is_help=True)
+audit_app = typer.Typer(help="Read and verify the audit trail.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+tokens_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+for sub, name in [(runs_app, "runs"), (approvals_app, "approvals"), (audit_app, "audit"), (db_app, "db"),
+                  (tokens_app, "tokens")]:
+    app.add_typer(sub, name=name)
+
+T = TypeVar("T")
+DEFAULT_USER = os.environ.get("STEWARD_USER") or getpass.getuser()
+AsUser = Annotated[str, typer.Option("--as", help="Who is acting (recorded in the audit trail)")]
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        fail(f"configuration: {'.'.join(map(str, first['loc'])) or 'settings'}: {first['msg']}")
+    raise AssertionError  # pragma: no cover
+
+
+def with_steward(fn: Callable[[Steward], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with open_steward(settings()) as steward:
+            return await fn(steward)
+
+    try:
+        return asyncio.run(main())
+    except StewardError as exc:
+        fail(exc.message.splitlines()[0], code=2 if 400 <= exc.status_code < 500 else 1)
+    raise AssertionError  # pragma: no cover
+
+
+def emit(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
+
+def parse_input(raw: str) -> Any:
+    if raw.startswith("@"):
+        path = Path(raw[1:])
+        if not path.is_file():
+            fail(f"--input {raw}: no such file")
+        raw = path.read_text()
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        fail(f"--input is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+
+
+def run_view(run: Any) -> dict[str, Any]:
+    return run.model_dump(mode="json", exclude={"worker_id", "lease_expires_at", "idempotency_key"})
+
+
+async def drive_and_show(steward: Steward, run_id: str) -> dict[str, Any]:
+    await steward.executor.start(poll=False)
+    run = await steward.executor.drive(run_id)
+    if run.status == RunStatus.running:  # another process holds it: follow until it pauses or ends
+        while run.status in (RunStatus.running, RunStatus.queued):
+            await asyncio.sleep(0.5)
+            async with steward.db.session() as session:
+                run = await store.get_run(session=session, run_id=run_id)
+    view = run_view(run)
+    async with steward.db.session() as session:
+        pending = await store.list_approvals(session=session, run_id=run_id, status=ApprovalStatus.pending)
+    view["pending_approval_ids"] = [a.id for a in pending]
+    return view
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (STEWARD_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (STEWARD_PORT)")] = None,
+    demo: Annotated[bool, typer.Option("--demo", help="Demo mode: seed demo tokens, print them")] = False,
+) -> None:
+    """Serve the API, the executor and the sandbox (upgrades a SQLite database first)."""
+    import uvicorn
+
+    from runtime.app import DEMO_TOKENS, create_app
+
+    overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    if demo:
+        overrides["demo"] = True
+    try:
+        config = Settings(**overrides)
+    except ValidationError as exc:
+        fail(f"configuration: {exc.errors()[0]['msg']}")
+    url = f"http://{config.host}:{config.port}"
+    typer.echo(f"Steward on {url}  (API {url}/api/v1, docs {url}/docs, sandbox {url}/sandbox)")
+    typer.echo(f"database: {config.database_url}")
+    if config.demo:
+        for user, token in DEMO_TOKENS.items():
+            typer.echo(f"demo token for {user}: {token}")
+        typer.echo(f"try: curl -H 'Authorization: Bearer {DEMO_TOKENS['demo.operator']}' {url}/api/v1/runs")
+    sys.stdout.flush()
+    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="info")
+
+
+@app.command()
+def sandbox(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8100,
+) -> None:
+    """Serve only the sandbox CRM and pricing service (its URLs: /crm and /pricing)."""
+    import uvicorn
+
+    from runtime.sandbox import create_sandbox_app
+
+    uvicorn.run(create_sandbox_app(), host=host, port=port, log_level="warning")
+
+
+@app.command("run")
+def run_workflow(
+    workflow: Annotated[str, typer.Argument(help="Workflow name, e.g. price_change")],
+    input: Annotated[str, typer.Option("--input", help="JSON input, or @file.json")],
+    wait: Annotated[bool, typer.Option("--wait", help="Drive the run here until it pauses or ends")] = False,
+    actor: AsUser = DEFAULT_USER,
+    idempotency_key: Annotated[str | None, typer.Option(help="Same key, same run")] = None,
+) -> None:
+    """Start a run; print it as JSON."""
+    data = parse_input(input)
+
+    async def go(steward: Steward) -> dict[str, Any]:
+        run, _ = await steward.executor.submit(workflow=workflow, input=data, actor=actor,
+                                               idempotency_key=idempotency_key)
+        return await drive_and_show(steward, run.id) if wait else run_view(run)
+
+    emit(with_steward(go))
+
+
+@runs_app.command("list")
+def runs_list(
+    status: Annotated[RunStatus | None, typer.Option(help="Only runs in this status")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+) -> None:
+    """Runs, newest first: id, workflow, version, status."""
+
+    async def go(steward: Steward) -> list[Any]:
+        async with steward.db.session() as session:
+            return list(await store.list_runs(session=session, status=status, limit=limit))
+
+    for run in with_steward(go):
+        typer.echo(f"{run.id}  {run.workflow:<16} {run.version:<8} {run.status.value:<17} {run.created_at:%Y-%m-%d %H:%M:%S}")
+
+
+@runs_app.command("show")
+def runs_show(run_id: str) -> None:
+    """One run with its steps and pending approvals, as JSON."""
+
+    async def go(steward: Steward) -> dict[str, Any]:
+        async with steward.db.session() as session:
+            run = await store.get_run(session=session, run_id=run_id)
+            steps = await store.list_steps(session=session, run_id=run_id)
+            pending = await store.list_approvals(session=session, run_id=run_id, status=ApprovalStatus.pending)
+        view = run_view(run)
+        view["steps"] = [s.model_dump(mode="json", include={"node", "status", "started_at", "finished_at", "error"})
+                         for s in steps]
+        view["pending_approval_ids"] = [a.id for a in pending]
+        return view
+
+    emit(with_steward(go))
+
+
+@runs_app.command("cancel")
+def runs_cancel(run_id: str, actor: AsUser = DEFAULT_USER) -> None:
+    """Cancel a run that has not ended."""
+
+    async def go(steward: Steward) -> dict[str, Any]:
+        return run_view(await steward.executor.cancel(run_id=run_id, actor=actor))
+
+    emit(with_steward(go))
+
+
+@approvals_app.command("list")
+def approvals_list(
+    status: Annotated[ApprovalStatus | None, typer.Option(help="Default: pending")] = ApprovalStatus.pending,
+) -> None:
+    """Approval requests: id, run, action, reason."""
+
+    async def go(steward: Steward) -> list[Any]:
+        async with steward.db.session() as session:
+            return list(await store.list_approvals(session=session, status=status))
+
+    for a in with_steward(go):
+        typer.echo(f"{a.id}  run {a.run_id}  {a.status.value:<9} {a.action}  {a.reason}")
+        typer.echo(f"    arguments: {json.dumps(a.arguments, ensure_ascii=False)}")
+
+
+@approvals_app.command("decide")
+def approvals_decide(
+    approval_id: str,
+    decision: Annotated[str, typer.Argument(help="approve or reject")],
+    actor: AsUser = DEFAULT_USER,
+    comment: Annotated[str, typer.Option(help="Why")] = "",
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Resume the run here")] = True,
+) -> None:
+    """Approve or reject; by default the run resumes here and its new state is printed."""
+    if decision not in ("approve", "reject"):
+        fail(f"decision must be approve or reject, not {decision!r}")
+
+    async def go(steward: Steward) -> dict[str, Any]:
+        approval = await steward.executor.decide(approval_id=approval_id, decision=decision, actor=actor,
+                                                 comment=comment)
+        if not wait:
+            return approval.model_dump(mode="json")
+        return await drive_and_show(steward, approval.run_id)
+
+    emit(with_steward(go))
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Recompute the hash chain; exit 1 and name the first broken event if it was tampered with."""
+
+    async def go(steward: Steward) -> audit.Verification:
+        async with steward.db.session() as session:
+            return await audit.verify(session)
+
+    result = with_steward(go)
+    if result.ok:
+        typer.echo(f"audit chain intact: {result.events} events verified")
+        return
+    typer.echo(f"audit chain BROKEN at event {result.broken_seq}: {result.reason}", err=True)
+    raise typer.Exit(1)
+
+
+@audit_app.command("list")
+def audit_list(
+    run_id: Annotated[str | None, typer.Option(help="Only this run's events")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 1000,
+) -> None:
+    """Audit events as JSON Lines."""
+
+    async def go(steward: Steward) -> list[Any]:
+        async with steward.db.session() as session:
+            return list(await store.list_audit(session=session, run_id=run_id, limit=limit))
+
+    for event in with_steward(go):
+        typer.echo(json.dumps(event.model_dump(mode="json"), ensure_ascii=False, sort_keys=True))
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply the schema migrations (needed for PostgreSQL; serve does it for SQLite)."""
+    config = settings()
+    try:
+        Database(config.database_url).upgrade(revision)
+    except StewardError as exc:
+        fail(exc.message)
+    typer.echo(f"database upgraded to {revision}")
+
+
+@tokens_app.command("create")
+def tokens_create(user: Annotated[str, typer.Option(help="Who the token acts as")]) -> None:
+    """Create an API token; it is shown once."""
+    if not user.strip():
+        fail("--user must name someone")
+
+    async def go(steward: Steward) -> str:
+        async with steward.db.session() as session:
+            _, plain = await store.create_token(session=session, user=user.strip())
+            await audit.append(session, kind="token.created", actor=user.strip(), data={"user": user.strip()})
+            await session.commit()
+        return plain
+
+    typer.echo(with_steward(go))
+
+
+def main() -> None:
+    app()

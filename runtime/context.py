@@ -1,0 +1,67 @@
+"""What a workflow node receives as ``runtime.context``: governed connectors and approvals.
+
+>>> async def apply(state: State, runtime: Runtime[StepContext]) -> dict:
+...     ctx = runtime.context
+...     await ctx.request_approval(action="pricing.bulk_change", arguments={...}, reason="over 10 %")
+...     return {"applied": [await ctx.pricing.set_price(sku="SKU-1001", currency="EUR", amount="115.00")]}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from runtime.models import utcnow
+
+if TYPE_CHECKING:
+    from runtime.connectors import Connector, CrmConnector, PricingConnector
+    from runtime.gate import Gate
+
+
+class StepContext:
+    """The run's context: ``crm``, ``pricing`` (and any other connector by name), ``request_approval``, ``now``."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        workflow: str,
+        version: str,
+        gate: Gate,
+        connectors: Mapping[str, Connector],
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.run_id = run_id
+        self.workflow = workflow
+        self.version = version
+        self._gate = gate
+        self._connectors = {name: connector.bind(gate) for name, connector in connectors.items()}
+        self._clock = clock
+
+    def connector(self, name: str) -> Connector:
+        try:
+            return self._connectors[name]
+        except KeyError:
+            known = ", ".join(sorted(self._connectors)) or "none"
+            raise AttributeError(f"no connector named {name!r} in this run; configured: {known}") from None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self.connector(name)
+
+    @property
+    def crm(self) -> CrmConnector:
+        return self.connector("crm")  # type: ignore[return-value]
+
+    @property
+    def pricing(self) -> PricingConnector:
+        return self.connector("pricing")  # type: ignore[return-value]
+
+    def now(self) -> datetime:
+        return self._clock()
+
+    async def request_approval(self, *, action: str, arguments: dict[str, Any], reason: str) -> dict[str, Any]:
+        """Pause the run until a person approves exactly ``arguments`` (see :meth:`Gate.require_approval`)."""
+        return await self._gate.require_approval(action=action, arguments=arguments, reason=reason)

@@ -1,0 +1,128 @@
+"""Every error Steward raises on purpose.
+
+    StewardError                    root; never raised itself
+    ├── InputInvalid                422  input failed its model (field errors attached)
+    ├── NotFound                    404
+    │   ├── WorkflowNotFound
+    │   ├── RunNotFound
+    │   └── ApprovalNotFound
+    ├── Unauthorized                401  missing or unknown bearer token
+    ├── Conflict                    409  the request fits no longer (already decided, finished ...)
+    ├── WorkflowDefinitionError     500  a workflow module is malformed (raised at construction)
+    ├── GovernanceError             403  the gate refused
+    │   ├── PermissionDenied             scope not granted to the workflow
+    │   └── ApprovalRejected             a person rejected the proposed action
+    └── ConnectorError              502  an external system failed
+        ├── ConnectorTransient           network, timeout, 429, 5xx (retryable)
+        └── ConnectorRejected            4xx: the request itself is wrong (not retryable)
+
+Each class carries a stable ``code``, the HTTP ``status_code`` the API answers
+with, and whether retrying the same call may succeed (``retryable``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StewardError(Exception):
+    """Root of Steward's errors.
+
+    >>> raise RunNotFound("run 'r1' does not exist")
+    """
+
+    code = "steward_error"
+    status_code = 500
+    retryable = False
+
+    def __init__(self, message: str, *, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        return body
+
+
+class InputInvalid(StewardError):
+    code = "input_invalid"
+    status_code = 422
+
+
+class NotFound(StewardError):
+    code = "not_found"
+    status_code = 404
+
+
+class WorkflowNotFound(NotFound):
+    code = "workflow_not_found"
+
+
+class RunNotFound(NotFound):
+    code = "run_not_found"
+
+
+class ApprovalNotFound(NotFound):
+    code = "approval_not_found"
+
+
+class Unauthorized(StewardError):
+    code = "unauthorized"
+    status_code = 401
+
+
+class Conflict(StewardError):
+    code = "conflict"
+    status_code = 409
+
+
+class WorkflowDefinitionError(StewardError):
+    code = "workflow_definition_invalid"
+
+
+class GovernanceError(StewardError):
+    code = "governance_refused"
+    status_code = 403
+
+
+class PermissionDenied(GovernanceError):
+    code = "permission_denied"
+
+
+class ApprovalRejected(GovernanceError):
+    """A person rejected the proposed action; the step may catch it to take another path."""
+
+    code = "approval_rejected"
+
+    def __init__(self, message: str, *, approval_id: str, decided_by: str, comment: str) -> None:
+        super().__init__(message, details={"approval_id": approval_id, "decided_by": decided_by})
+        self.approval_id = approval_id
+        self.decided_by = decided_by
+        self.comment = comment
+
+
+class ConnectorError(StewardError):
+    code = "connector_failed"
+    status_code = 502
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, details={"status": status} if status else None)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class ConnectorTransient(ConnectorError):
+    code = "connector_unavailable"
+    retryable = True
+
+
+class ConnectorRejected(ConnectorError):
+    code = "connector_rejected"
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True when the same call may succeed if tried again (the tenacity predicate)."""
+    return isinstance(exc, StewardError) and exc.retryable

@@ -1,0 +1,484 @@
+"""The executor: creates runs, drives them through their graph, pauses and resumes them.
+
+A run is claimed with a lease (``worker_id`` + ``lease_expires_at``) before it is
+driven; the lease is renewed while the graph runs, so a run left ``running`` by a
+dead process is taken over (at once when that process lived on this host, else
+when its lease runs out) and continues from its last checkpoint. Checkpoints are
+written with ``durability="sync"``: each superstep is on disk before the next starts.
+
+>>> executor = Executor(db=db, registry=registry, connectors=connectors, checkpointer=saver)
+>>> run, _ = await executor.submit(workflow="price_change", input={...}, actor="alice")
+>>> run = await executor.drive(run.id)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.types import Command
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from pydantic_core import to_jsonable_python
+from sqlalchemy import update
+
+from runtime import audit, store
+from runtime.connectors.base import Connector
+from runtime.context import StepContext
+from runtime.db import Database
+from runtime.errors import ApprovalRejected, Conflict, InputInvalid, StewardError
+from runtime.gate import APPROVAL, Gate
+from runtime.models import (
+    FINISHED,
+    ApprovalRequest,
+    ApprovalStatus,
+    Run,
+    RunStatus,
+    RunStep,
+    StepStatus,
+    utcnow,
+)
+from runtime.sdk import Registry, Workflow
+from runtime.telemetry import tracer
+
+log = logging.getLogger("steward.executor")
+SYSTEM = "steward"
+
+
+def _host_prefix() -> str:
+    return f"{socket.gethostname()}:"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run_parent(run: Run) -> Any:
+    """All of a run's executions share the trace id chosen when the run was created."""
+    if not run.trace_id:
+        return None
+    span_context = SpanContext(
+        trace_id=int(run.trace_id, 16),
+        span_id=random.getrandbits(64) or 1,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+    return trace.set_span_in_context(NonRecordingSpan(span_context))
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, StewardError):
+        return exc.to_dict()
+    return {"code": "step_failed", "message": f"{type(exc).__name__}: {exc}"}
+
+
+class Executor:
+    """Drives runs of the workflows in ``registry`` (one per process; several processes may share a database)."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        registry: Registry,
+        connectors: Mapping[str, Connector],
+        checkpointer: BaseCheckpointSaver,
+        lease_seconds: float = 30.0,
+        concurrency: int = 8,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self.db = db
+        self.registry = registry
+        self.connectors = dict(connectors)
+        self.checkpointer = checkpointer
+        self.lease_seconds = lease_seconds
+        self.concurrency = concurrency
+        self.poll_seconds = poll_seconds
+        self.worker_id = f"{_host_prefix()}{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._compiled: dict[tuple[str, str], Any] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._cancelling: set[str] = set()
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task] = []
+        self._stopping = False
+
+    # -- creating and deciding ---------------------------------------------------------
+
+    async def submit(
+        self, *, workflow: str, input: Any, actor: str, idempotency_key: str | None = None
+    ) -> tuple[Run, bool]:
+        """Validate and queue a run. Returns ``(run, created)``; a repeated idempotency key returns the first run."""
+        wf = self.registry.get(workflow)
+        data = wf.validate_input(input)
+        scoped_key = f"{actor}:{idempotency_key}" if idempotency_key else None
+        async with self.db.session() as session:
+            if scoped_key:
+                existing = await store.find_run_by_idempotency_key(session=session, key=scoped_key)
+                if existing is not None:
+                    if existing.workflow != wf.name or existing.input != data:
+                        raise Conflict(
+                            f"Idempotency-Key {idempotency_key!r} was used for a different request (run {existing.id}); "
+                            "use a new key for a new run"
+                        )
+                    return existing, False
+            with tracer().start_as_current_span("steward.submit") as span:
+                run = Run(workflow=wf.name, version=wf.version, input=data, created_by=actor,
+                          idempotency_key=scoped_key, trace_id=format(span.get_span_context().trace_id, "032x"))
+                span.set_attributes({"steward.run_id": run.id, "steward.workflow": wf.name, "steward.version": wf.version})
+                session.add(run)
+                await audit.append(session, kind="run.created", actor=actor, run=run,
+                                   data={"input_digest": audit.digest(data), "owner": wf.owner.email})
+                await session.commit()
+        self._wake.set()
+        return run, True
+
+    async def decide(self, *, approval_id: str, decision: str, actor: str, comment: str = "") -> ApprovalRequest:
+        """Record a person's decision and queue the run to resume with it."""
+        if decision not in ("approve", "reject"):
+            raise InputInvalid(f"decision must be 'approve' or 'reject', not {decision!r}",
+                               details=[{"loc": ["body", "decision"], "msg": "must be approve or reject"}])
+        status = ApprovalStatus.approved if decision == "approve" else ApprovalStatus.rejected
+        async with self.db.session() as session:
+            approval = await store.get_approval(session=session, approval_id=approval_id)
+            now = utcnow()
+            result = await session.execute(
+                update(ApprovalRequest)
+                .where(ApprovalRequest.id == approval_id, ApprovalRequest.status == ApprovalStatus.pending)
+                .values(status=status, decided_by=actor, comment=comment, decided_at=now)
+            )
+            if result.rowcount != 1:
+                await session.rollback()
+                current = await store.get_approval(session=session, approval_id=approval_id)
+                raise Conflict(
+                    f"approval {approval_id} is already {current.status.value}"
+                    + (f" by {current.decided_by}" if current.decided_by else "")
+                    + "; a decision cannot be changed"
+                )
+            run = await store.get_run(session=session, run_id=approval.run_id)
+            await audit.append(session, kind="approval.decided", actor=actor, run=run, data={
+                "approval_id": approval_id, "decision": decision, "comment": comment,
+                "action": approval.action, "arguments_hash": approval.arguments_hash,
+            })
+            pending = await store.list_approvals(session=session, run_id=run.id, status=ApprovalStatus.pending)
+            if not pending and run.status == RunStatus.waiting_approval:
+                run.status, run.updated_at = RunStatus.queued, now
+                session.add(run)
+                await audit.append(session, kind="run.queued", actor=actor, run=run,
+                                   data={"reason": "approval decided"})
+            await session.commit()
+            await session.refresh(approval)
+        self._wake.set()
+        return approval
+
+    async def cancel(self, *, run_id: str, actor: str) -> Run:
+        """Cancel a run: at once when queued or waiting, at its next step boundary when running."""
+        async with self.db.session() as session:
+            run = await store.get_run(session=session, run_id=run_id)
+            if run.status in FINISHED:
+                raise Conflict(f"run {run_id} already ended {run.status.value}; nothing to cancel")
+            if run.status == RunStatus.running:
+                run.cancel_requested = True
+                session.add(run)
+                await audit.append(session, kind="run.cancel_requested", actor=actor, run=run)
+                await session.commit()
+                task = self._tasks.get(run_id)
+                if task is not None:
+                    self._cancelling.add(run_id)
+                    task.cancel()
+                return run
+            await self._finish(session, run, RunStatus.cancelled, actor=actor, error=None)
+            for approval in await store.list_approvals(session=session, run_id=run_id, status=ApprovalStatus.pending):
+                approval.status = ApprovalStatus.cancelled
+                session.add(approval)
+            await session.commit()
+            return run
+
+    # -- driving -----------------------------------------------------------------------
+
+    async def drive(self, run_id: str) -> Run:
+        """Claim ``run_id`` and drive it until it pauses or ends; returns the run as it then stands."""
+        async with self.db.session() as session:
+            claimed = await store.claim_run(session=session, run_id=run_id, worker_id=self.worker_id,
+                                            lease_seconds=self.lease_seconds,
+                                            force_from=await self._dead_local_owner(session, run_id))
+            await session.commit()
+        if claimed:
+            await self._execute_guarded(run_id)
+        async with self.db.session() as session:
+            return await store.get_run(session=session, run_id=run_id)
+
+    async def _dead_local_owner(self, session: Any, run_id: str) -> str | None:
+        run = await store.get_run(session=session, run_id=run_id)
+        owner = run.worker_id or ""
+        if run.status != RunStatus.running or not owner.startswith(_host_prefix()):
+            return None
+        pid = int(owner.split(":")[1])
+        return owner if pid != os.getpid() and not _pid_alive(pid) else None
+
+    async def _execute_guarded(self, run_id: str) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks[run_id] = task
+        try:
+            await self._execute(run_id)
+        except asyncio.CancelledError:
+            if run_id not in self._cancelling:
+                raise  # shutting down: the lease lapses and another worker resumes the run
+            async with self.db.session() as session:
+                run = await store.get_run(session=session, run_id=run_id)
+                await self._finish(session, run, RunStatus.cancelled, actor=SYSTEM, error=None)
+                await session.commit()
+            task.uncancel()
+        finally:
+            self._tasks.pop(run_id, None)
+            self._cancelling.discard(run_id)
+
+    def _graph(self, wf: Workflow) -> Any:
+        key = (wf.name, wf.version)
+        if key not in self._compiled:
+            self._compiled[key] = wf.graph.compile(checkpointer=self.checkpointer)
+        return self._compiled[key]
+
+    async def _execute(self, run_id: str) -> None:
+        async with self.db.session() as session:
+            run = await store.get_run(session=session, run_id=run_id)
+        try:
+            wf = self.registry.get(run.workflow)
+            if wf.version != run.version:
+                raise StewardError(f"run {run.id} is pinned to {run.workflow} {run.version}, "
+                                   f"but this process serves version {wf.version}")
+        except StewardError as exc:
+            async with self.db.session() as session:
+                await self._finish(session, run, RunStatus.failed, actor=SYSTEM, error=exc.to_dict())
+                await session.commit()
+            return
+        graph = self._graph(wf)
+        config = {"configurable": {"thread_id": run.id}}
+        attrs = {"steward.run_id": run.id, "steward.workflow": run.workflow, "steward.version": run.version}
+        with tracer().start_as_current_span("steward.run", context=_run_parent(run), attributes=attrs) as run_span:
+            snapshot = await graph.aget_state(config)
+            graph_input: Any = None
+            kind, stream = "run.resumed", True
+            if snapshot.interrupts:
+                resume = await self._decisions(run, snapshot.interrupts)
+                if resume is None:
+                    return
+                graph_input = Command(resume=resume)
+            elif not snapshot.next and snapshot.created_at is not None:
+                stream = False  # the graph finished before the run's status was recorded
+            elif not snapshot.next:
+                graph_input, kind = run.input, "run.started"
+            async with self.db.session() as session:
+                await audit.append(session, kind=kind, actor=SYSTEM, run=run, data={"worker": self.worker_id})
+                await session.commit()
+
+            spans: dict[str, trace.Span] = {}
+            run_context = trace.set_span_in_context(run_span)
+
+            def step_span(task_id: str, node: str) -> trace.Span:
+                if task_id not in spans:
+                    spans[task_id] = tracer().start_span(f"steward.step {node}", context=run_context,
+                                                         attributes={**attrs, "steward.node": node})
+                return spans[task_id]
+
+            gate = Gate(db=self.db, run=run, grants=wf.grants, actor=SYSTEM, step_span=step_span)
+            context = StepContext(run_id=run.id, workflow=run.workflow, version=run.version, gate=gate,
+                                  connectors=self.connectors)
+            try:
+                if stream:
+                    async for event in graph.astream(graph_input, config, context=context, stream_mode="tasks",
+                                                     durability="sync"):
+                        await self._record_task(run, event, step_span, spans)
+            except ApprovalRejected as exc:
+                async with self.db.session() as session:
+                    await self._finish(session, run, RunStatus.rejected, actor=SYSTEM, error=exc.to_dict())
+                    await session.commit()
+                return
+            except Exception as exc:  # a node raised: the run fails with the reason
+                log.warning("run %s failed: %s", run.id, exc)
+                run_span.record_exception(exc)
+                async with self.db.session() as session:
+                    await self._finish(session, run, RunStatus.failed, actor=SYSTEM, error=_error(exc))
+                    await session.commit()
+                return
+            finally:
+                for span in spans.values():
+                    span.end()
+
+            snapshot = await graph.aget_state(config)
+            if snapshot.interrupts:
+                await self._decisions(run, snapshot.interrupts)
+                return
+            async with self.db.session() as session:
+                await self._finish(session, run, RunStatus.succeeded, actor=SYSTEM, error=None,
+                                   output=to_jsonable_python(snapshot.values, fallback=str))
+                await session.commit()
+
+    async def _record_task(self, run: Run, event: dict[str, Any], step_span: Any, spans: dict) -> None:
+        task_id, node = event["id"], event["name"]
+        async with self.db.session() as session:
+            step = await store.get_step(session=session, run_id=run.id, task_id=task_id)
+            if "input" in event:  # the task starts
+                step_span(task_id, node)
+                if step is None:
+                    step = RunStep(run_id=run.id, task_id=task_id, node=node, superstep=0)
+                step.status, step.started_at, step.finished_at, step.error = StepStatus.running, utcnow(), None, None
+                session.add(step)
+                await audit.append(session, kind="step.started", actor=SYSTEM, run=run,
+                                   data={"node": node, "task_id": task_id},
+                                   trace_id=format(spans[task_id].get_span_context().trace_id, "032x"))
+            else:
+                if event.get("interrupts"):
+                    status, error = StepStatus.interrupted, None
+                elif event.get("error"):
+                    status, error = StepStatus.failed, {"message": str(event["error"])}
+                else:
+                    status, error = StepStatus.succeeded, None
+                if step is not None:
+                    step.status, step.finished_at, step.error = status, utcnow(), error
+                    session.add(step)
+                span = spans.pop(task_id, None)
+                if span is not None:
+                    span.set_attribute("steward.step_status", status.value)
+                    span.end()
+                await audit.append(session, kind="step.finished", actor=SYSTEM, run=run,
+                                   data={"node": node, "task_id": task_id, "status": status.value, "error": error})
+            await session.commit()
+
+    async def _decisions(self, run: Run, interrupts: Any) -> dict[str, Any] | None:
+        """Resume values for every open interrupt, or None after opening the approval requests still needed."""
+        async with self.db.session() as session:
+            known = await store.approvals_by_interrupt(session=session, interrupt_ids=[i.id for i in interrupts])
+            decided = {i.id: known[i.id] for i in interrupts
+                       if i.id in known and known[i.id].status in (ApprovalStatus.approved, ApprovalStatus.rejected)}
+            if len(decided) == len(interrupts):
+                return {
+                    iid: {"approval_id": a.id, "decision": "approve" if a.status == ApprovalStatus.approved else "reject",
+                          "decided_by": a.decided_by, "comment": a.comment, "arguments_hash": a.arguments_hash}
+                    for iid, a in decided.items()
+                }
+            for item in interrupts:
+                if item.id in known:
+                    continue
+                value = item.value if isinstance(item.value, dict) and item.value.get("kind") == APPROVAL else {
+                    "action": "interrupt", "arguments": {"value": to_jsonable_python(item.value, fallback=str)},
+                    "arguments_hash": audit.digest(to_jsonable_python(item.value, fallback=str)),
+                    "reason": "the step asked a person", "node": "?",
+                }
+                approval = ApprovalRequest(
+                    run_id=run.id, interrupt_id=item.id, workflow=run.workflow, version=run.version,
+                    node=value["node"], action=value["action"], arguments=value["arguments"],
+                    arguments_hash=value["arguments_hash"], reason=value["reason"], requested_by=run.created_by,
+                )
+                session.add(approval)
+                await audit.append(session, kind="approval.requested", actor=SYSTEM, run=run, data={
+                    "approval_id": approval.id, "decision": "needs_approval", "rule": value["reason"],
+                    "action": approval.action, "arguments_hash": approval.arguments_hash, "node": approval.node,
+                })
+            run = await store.get_run(session=session, run_id=run.id)
+            run.status, run.worker_id, run.lease_expires_at, run.updated_at = (
+                RunStatus.waiting_approval, None, None, utcnow())
+            session.add(run)
+            await audit.append(session, kind="run.waiting_approval", actor=SYSTEM, run=run)
+            await session.commit()
+        return None
+
+    async def _finish(
+        self, session: Any, run: Run, status: RunStatus, *, actor: str, error: dict | None, output: Any = None
+    ) -> None:
+        run = await store.get_run(session=session, run_id=run.id)
+        now = utcnow()
+        run.status, run.error, run.updated_at, run.finished_at = status, error, now, now
+        run.worker_id, run.lease_expires_at = None, None
+        if output is not None:
+            run.output = output
+        session.add(run)
+        await audit.append(session, kind=f"run.{status.value}", actor=actor, run=run,
+                           data={"error": error} if error else {"output_digest": audit.digest(output)})
+
+    # -- the background loop -------------------------------------------------------------
+
+    async def start(self, *, poll: bool = True) -> None:
+        """Renew this worker's leases in the background and, with ``poll``, pick up queued and orphaned runs."""
+        self._stopping = False
+        self._loops = [asyncio.create_task(self._lease_loop())]
+        if poll:
+            self._loops.append(asyncio.create_task(self._poll_loop()))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in [*self._loops, *self._tasks.values()]:
+            task.cancel()
+        for task in [*self._loops, *self._tasks.values()]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._loops = []
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _poll_loop(self) -> None:
+        while not self._stopping:
+            try:
+                await self._adopt_dead_local_runs()
+                free = self.concurrency - len(self._tasks)
+                if free > 0:
+                    async with self.db.session() as session:
+                        ids = await store.claimable_run_ids(session=session, limit=free)
+                    for run_id in ids:
+                        if run_id not in self._tasks:
+                            self._spawn(run_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("executor poll failed; retrying")
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+
+    def _spawn(self, run_id: str) -> None:
+        placeholder = asyncio.create_task(self.drive(run_id))
+        self._tasks.setdefault(run_id, placeholder)
+        placeholder.add_done_callback(lambda _: self._wake.set())
+
+    async def _adopt_dead_local_runs(self) -> None:
+        async with self.db.session() as session:
+            rows = await store.running_runs_by_worker_prefix(session=session, prefix=_host_prefix())
+        for run_id, owner in rows:
+            pid = int(owner.split(":")[1])
+            if owner != self.worker_id and pid != os.getpid() and not _pid_alive(pid) and run_id not in self._tasks:
+                log.info("run %s was left running by dead process %s; resuming it", run_id, pid)
+                self._spawn(run_id)
+
+    async def _lease_loop(self) -> None:
+        interval = max(self.lease_seconds / 3, 0.1)
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            try:
+                async with self.db.session() as session:
+                    await store.renew_leases(session=session, worker_id=self.worker_id,
+                                             lease_seconds=self.lease_seconds)
+                    cancelled = await store.cancel_requested_ids(session=session, worker_id=self.worker_id)
+                    await session.commit()
+                for run_id in cancelled:
+                    task = self._tasks.get(run_id)
+                    if task is not None and run_id not in self._cancelling:
+                        self._cancelling.add(run_id)
+                        task.cancel()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("lease renewal failed; retrying")

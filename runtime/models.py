@@ -1,0 +1,202 @@
+"""Steward's tables (SQLModel) and the public shapes the API returns.
+
+Data-access verbs live in ``runtime.store``; schema changes go through the
+Alembic migrations in ``runtime/migrations``.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, TypeDecorator, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class UTCDateTime(TypeDecorator):
+    """Stores naive UTC, hands back aware UTC: the same on SQLite and PostgreSQL."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(default_factory=utcnow, sa_type=UTCDateTime, **kw)
+
+
+def _ts_opt(**kw: Any) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, **kw)
+
+
+def _json(default: Any = None, **kw: Any) -> Any:
+    if callable(default):
+        return Field(default_factory=default, sa_column=Column(JSON, nullable=False), **kw)
+    return Field(default=default, sa_column=Column(JSON, nullable=True), **kw)
+
+
+class RunStatus(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    waiting_approval = "waiting_approval"
+    succeeded = "succeeded"
+    failed = "failed"
+    rejected = "rejected"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = {RunStatus.succeeded, RunStatus.failed, RunStatus.rejected, RunStatus.cancelled}
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "runs"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    workflow: str = Field(index=True, max_length=100)
+    version: str = Field(max_length=50)
+    status: RunStatus = Field(default=RunStatus.queued, index=True, max_length=20)
+    input: dict[str, Any] = _json(dict)
+    output: dict[str, Any] | None = _json()
+    error: dict[str, Any] | None = _json()
+    created_by: str = Field(max_length=200)
+    idempotency_key: str | None = Field(default=None, unique=True, max_length=300)
+    trace_id: str | None = Field(default=None, max_length=32)
+    cancel_requested: bool = False
+    worker_id: str | None = Field(default=None, max_length=200)
+    lease_expires_at: datetime | None = _ts_opt(index=True)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    finished_at: datetime | None = _ts_opt()
+
+
+class StepStatus(str, enum.Enum):
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    interrupted = "interrupted"
+
+
+class RunStep(SQLModel, table=True):
+    """One execution of one graph node (a LangGraph task) within a run."""
+
+    __tablename__ = "run_steps"
+    __table_args__ = (UniqueConstraint("run_id", "task_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="runs.id", index=True, max_length=32)
+    task_id: str = Field(max_length=64)
+    node: str = Field(max_length=200)
+    superstep: int
+    status: StepStatus = Field(default=StepStatus.running, max_length=20)
+    error: dict[str, Any] | None = _json()
+    started_at: datetime = _ts()
+    finished_at: datetime | None = _ts_opt()
+
+
+class ApprovalStatus(str, enum.Enum):
+    pending = "pending"
+    approved = "approved"
+    rejected = "rejected"
+    cancelled = "cancelled"
+
+
+class ApprovalRequest(SQLModel, table=True):
+    """A paused action waiting for a person: the exact action and arguments, bound by hash."""
+
+    __tablename__ = "approval_requests"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    run_id: str = Field(foreign_key="runs.id", index=True, max_length=32)
+    interrupt_id: str = Field(unique=True, max_length=64)
+    workflow: str = Field(max_length=100)
+    version: str = Field(max_length=50)
+    node: str = Field(max_length=200)
+    action: str = Field(max_length=200)
+    arguments: dict[str, Any] = _json(dict)
+    arguments_hash: str = Field(max_length=64)
+    reason: str = Field(default="", max_length=2000)
+    requested_by: str = Field(max_length=200)
+    status: ApprovalStatus = Field(default=ApprovalStatus.pending, index=True, max_length=20)
+    decided_by: str | None = Field(default=None, max_length=200)
+    comment: str | None = Field(default=None, max_length=4000)
+    created_at: datetime = _ts()
+    decided_at: datetime | None = _ts_opt()
+
+
+class ConnectorCall(SQLModel, table=True):
+    """The recorded outcome of one connector action, keyed by its idempotency key."""
+
+    __tablename__ = "connector_calls"
+
+    idempotency_key: str = Field(primary_key=True, max_length=64)
+    run_id: str = Field(foreign_key="runs.id", index=True, max_length=32)
+    node: str = Field(max_length=200)
+    superstep: int
+    position: int
+    action: str = Field(max_length=200)
+    effect: str = Field(max_length=20)
+    request_digest: str = Field(max_length=64)
+    response: Any = _json()
+    attempts: int = 1
+    created_at: datetime = _ts()
+
+
+class AuditEvent(SQLModel, table=True):
+    """One hash-chained audit event. Rows are only ever appended."""
+
+    __tablename__ = "audit_events"
+
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    created_at: str = Field(max_length=40)
+    actor: str = Field(max_length=200)
+    kind: str = Field(index=True, max_length=100)
+    run_id: str | None = Field(default=None, index=True, max_length=32)
+    workflow: str | None = Field(default=None, max_length=100)
+    version: str | None = Field(default=None, max_length=50)
+    trace_id: str | None = Field(default=None, max_length=32)
+    data: dict[str, Any] = _json(dict)
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class AuditHead(SQLModel, table=True):
+    """The chain's tip: one row, updated first in every appending transaction (a lock)."""
+
+    __tablename__ = "audit_head"
+
+    id: int = Field(default=1, primary_key=True)
+    seq: int = 0
+    hash: str = Field(default="0" * 64, max_length=64)
+
+
+class ApiToken(SQLModel, table=True):
+    __tablename__ = "api_tokens"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    user: str = Field(index=True, max_length=200)
+    token_hash: str = Field(unique=True, max_length=64)
+    created_at: datetime = _ts()
+    revoked_at: datetime | None = _ts_opt()

@@ -1,0 +1,162 @@
+"""The workflow SDK: a governed definition around a LangGraph ``StateGraph``.
+
+A workflow names itself, its semantic version and its owner, declares the
+input model that guards the door and the scopes it may use, and supplies a
+function that builds an ordinary ``StateGraph``. Nodes reach the outside world
+only through ``runtime.context`` (a :class:`runtime.context.StepContext`).
+
+>>> from langgraph.graph import StateGraph, START, END
+>>> from langgraph.runtime import Runtime
+>>> class Input(BaseModel):
+...     email: str
+>>> async def greet(state: dict, runtime: Runtime[StepContext]) -> dict:
+...     found = await runtime.context.crm.search_contacts(email=state["email"])
+...     return {"found": len(found)}
+>>> def build() -> StateGraph:
+...     graph = StateGraph(dict, context_schema=StepContext)
+...     graph.add_node("greet", greet)
+...     graph.add_edge(START, "greet")
+...     graph.add_edge("greet", END)
+...     return graph
+>>> hello = Workflow(name="hello", version="1.0.0", owner=Owner(name="Ada Ops", email="ada@example.com"),
+...                  description="Says hello", input_model=Input, build=build, grants={"crm.contacts.read"})
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from langgraph.graph import StateGraph
+from pydantic import BaseModel, EmailStr, TypeAdapter, ValidationError
+
+from runtime.errors import InputInvalid, WorkflowDefinitionError, WorkflowNotFound
+
+NAME = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
+SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
+)
+SCOPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+_email = TypeAdapter(EmailStr)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The named person answerable for a workflow."""
+
+    name: str
+    email: str
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """A governed workflow definition, checked when it is constructed."""
+
+    name: str
+    version: str
+    owner: Owner
+    description: str
+    input_model: type[BaseModel]
+    build: Callable[[], StateGraph]
+    grants: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.name, str) or not NAME.match(self.name):
+            problems.append(f"name {self.name!r} must be lower_snake_case, 2-64 characters")
+        if not isinstance(self.version, str) or not SEMVER.match(self.version):
+            problems.append(f"version {self.version!r} is not a semantic version like 1.2.0")
+        if not isinstance(self.owner, Owner) or not self.owner.name.strip():
+            problems.append("owner must be Owner(name=..., email=...) naming a person")
+        else:
+            try:
+                _email.validate_python(self.owner.email)
+            except ValidationError:
+                problems.append(f"owner email {self.owner.email!r} is not an email address")
+        if not isinstance(self.description, str) or not self.description.strip():
+            problems.append("description must say what the workflow does")
+        if not (isinstance(self.input_model, type) and issubclass(self.input_model, BaseModel)):
+            problems.append("input_model must be a pydantic BaseModel subclass")
+        if not callable(self.build):
+            problems.append("build must be a function returning a langgraph StateGraph")
+        grants = frozenset(self.grants)
+        problems += [f"grant {g!r} is not a scope like crm.deals.write" for g in sorted(grants) if not SCOPE.match(g)]
+        if problems:
+            raise WorkflowDefinitionError(f"workflow {self.name!r} is invalid: " + "; ".join(problems))
+        object.__setattr__(self, "grants", grants)
+
+    @cached_property
+    def graph(self) -> StateGraph:
+        graph = self.build()
+        if not isinstance(graph, StateGraph):
+            raise WorkflowDefinitionError(
+                f"workflow {self.name!r}: build() returned {type(graph).__name__}, not a langgraph StateGraph"
+            )
+        return graph
+
+    def validate_input(self, data: Any) -> dict[str, Any]:
+        """The input as JSON-safe data, or :class:`InputInvalid` listing every bad field."""
+        try:
+            model = self.input_model.model_validate(data)
+        except ValidationError as exc:
+            fields = [
+                {"loc": ["input", *err["loc"]], "msg": err["msg"], "type": err["type"]}
+                for err in exc.errors(include_url=False)
+            ]
+            names = ", ".join(".".join(str(p) for p in f["loc"][1:]) or "input" for f in fields)
+            raise InputInvalid(f"input for workflow {self.name!r} is invalid: {names}", details=fields) from None
+        return model.model_dump(mode="json")
+
+
+class Registry:
+    """The workflows one Steward instance serves, by name (latest version wins per name)."""
+
+    def __init__(self, workflows: Iterable[Workflow]) -> None:
+        self._by_name: dict[str, Workflow] = {}
+        for wf in workflows:
+            if not isinstance(wf, Workflow):
+                raise WorkflowDefinitionError(f"{wf!r} is not a runtime.Workflow")
+            if wf.name in self._by_name and self._by_name[wf.name].version == wf.version:
+                raise WorkflowDefinitionError(f"workflow {wf.name!r} version {wf.version} is registered twice")
+            self._by_name[wf.name] = wf
+        for wf in self._by_name.values():
+            _ = wf.graph  # build now: a broken graph fails start-up, not the first run
+
+    def get(self, name: str) -> Workflow:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            known = ", ".join(sorted(self._by_name)) or "none"
+            raise WorkflowNotFound(f"no workflow named {name!r}; known: {known}") from None
+
+    def __iter__(self):
+        return iter(self._by_name.values())
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+
+def load_object(spec: str) -> Any:
+    """Import ``module:attr`` (the form settings use to name workflows and routers)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise WorkflowDefinitionError(f"{spec!r} is not of the form module:attr")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise WorkflowDefinitionError(f"cannot load {spec!r}: {exc}") from exc
+    return obj
+
+
+def load_registry(specs: Iterable[str]) -> Registry:
+    found: list[Workflow] = []
+    for spec in specs:
+        obj = load_object(spec)
+        found.extend(obj if isinstance(obj, (list, tuple)) else [obj])
+    return Registry(found)

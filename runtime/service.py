@@ -1,0 +1,107 @@
+"""Steward assembled: database, workflows, connectors, checkpointer and executor, for the server and the CLI.
+
+>>> async with open_steward(Settings()) as steward:
+...     run, _ = await steward.executor.submit(workflow="price_change", input={...}, actor="alice")
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.config import Config
+from sqlalchemy import create_engine, pool
+
+from runtime.checkpoint import open_checkpointer
+from runtime.connectors import Connector, CrmConnector, PricingConnector, RetryPolicy
+from runtime.db import MIGRATIONS, Database
+from runtime.errors import StewardError
+from runtime.executor import Executor
+from runtime.sdk import Registry, load_registry
+from runtime.settings import Settings
+from runtime.telemetry import setup_tracing
+
+
+class DatabaseNotMigrated(StewardError):
+    code = "database_not_migrated"
+    status_code = 503
+
+
+@dataclass
+class Steward:
+    settings: Settings
+    db: Database
+    registry: Registry
+    executor: Executor
+
+
+def build_connectors(
+    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None, retry: RetryPolicy | None = None
+) -> dict[str, Connector]:
+    retry = retry or RetryPolicy(
+        attempts=settings.retry_attempts,
+        initial_wait=settings.retry_initial_wait_seconds,
+        max_wait=settings.retry_max_wait_seconds,
+    )
+    common = {"timeout": settings.http_timeout_seconds, "retry": retry, "transport": transport}
+    return {
+        "crm": CrmConnector(base_url=settings.crm_url, token=settings.crm_token, **common),
+        "pricing": PricingConnector(base_url=settings.pricing_url, token=settings.pricing_token, **common),
+    }
+
+
+def check_migrated(db: Database) -> None:
+    """Refuse to start on a database whose schema is behind the code."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    engine = create_engine(db.url, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    if current != head:
+        raise DatabaseNotMigrated(
+            f"the database is at schema revision {current or 'none'} but Steward needs {head}: "
+            "run `steward db upgrade`"
+        )
+
+
+@asynccontextmanager
+async def open_steward(
+    settings: Settings,
+    *,
+    registry: Registry | None = None,
+    connectors: Mapping[str, Connector] | None = None,
+) -> AsyncIterator[Steward]:
+    """Open everything a Steward process needs; a SQLite database is migrated on the way."""
+    setup_tracing()
+    db = Database(settings.database_url)
+    if db.is_sqlite:
+        db.upgrade()
+    else:
+        check_migrated(db)
+    registry = registry if registry is not None else load_registry(settings.workflows)
+    owned = connectors is None
+    connectors = dict(connectors) if connectors is not None else build_connectors(settings)
+    try:
+        async with open_checkpointer(db) as saver:
+            executor = Executor(
+                db=db, registry=registry, connectors=connectors, checkpointer=saver,
+                lease_seconds=settings.lease_seconds, concurrency=settings.executor_concurrency,
+                poll_seconds=settings.executor_poll_seconds,
+            )
+            try:
+                yield Steward(settings=settings, db=db, registry=registry, executor=executor)
+            finally:
+                await executor.stop()
+    finally:
+        if owned:
+            for connector in connectors.values():
+                await connector.aclose()
+        await db.dispose()

@@ -1,0 +1,75 @@
+"""Steward's configuration: one pydantic-settings class, read once at start-up.
+
+Every field can be set by an environment variable named ``STEWARD_<FIELD>``
+(for example ``STEWARD_DATABASE_URL``) or in a ``.env`` file.
+
+>>> settings = Settings(database_url="sqlite:///./other.db")
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SANDBOX_TOKEN = "sandbox-token"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STEWARD_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///./steward.db",
+        description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg://user@host/db",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    demo: bool = Field(False, description="Demo mode: seeds a demo token and allows sandbox secrets")
+
+    workflows: list[str] = Field(
+        default_factory=lambda: ["workflows:WORKFLOWS"],
+        description="module:attr strings naming a Workflow or a list of them",
+    )
+    routers: list[str] = Field(
+        default_factory=lambda: ["approvals.api:router"],
+        description="module:attr strings naming extra FastAPI routers to mount under /api/v1",
+    )
+
+    mount_sandbox: bool = Field(True, description="Serve the sandbox CRM and pricing service under /sandbox")
+    crm_url: str = Field("", description="Default: this server's own sandbox, /sandbox/crm")
+    crm_token: str = SANDBOX_TOKEN
+    pricing_url: str = Field("", description="Default: this server's own sandbox, /sandbox/pricing")
+    pricing_token: str = SANDBOX_TOKEN
+
+    http_timeout_seconds: float = Field(10.0, gt=0)
+    retry_attempts: int = Field(5, ge=1, le=20)
+    retry_initial_wait_seconds: float = Field(0.2, ge=0)
+    retry_max_wait_seconds: float = Field(30.0, ge=0, description="Cap on one backoff, Retry-After included")
+
+    executor_concurrency: int = Field(8, ge=1)
+    executor_poll_seconds: float = Field(1.0, gt=0)
+    lease_seconds: float = Field(30.0, gt=0, description="A running run whose worker stops renewing is taken over after this")
+
+    @model_validator(mode="after")
+    def _sandbox_urls(self) -> "Settings":
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        for name in ("crm", "pricing"):
+            if not getattr(self, f"{name}_url"):
+                setattr(self, f"{name}_url", f"http://{host}:{self.port}/sandbox/{name}")
+        return self
+
+    @model_validator(mode="after")
+    def _no_default_secrets_outside_demo(self) -> "Settings":
+        if self.demo:
+            return self
+        for name in ("crm", "pricing"):
+            url, token = getattr(self, f"{name}_url"), getattr(self, f"{name}_token")
+            if token == SANDBOX_TOKEN and "/sandbox" not in url:
+                raise ValueError(
+                    f"STEWARD_{name.upper()}_TOKEN is the sandbox default but STEWARD_{name.upper()}_URL "
+                    f"points at {url!r}; set a real token or use STEWARD_DEMO=true"
+                )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

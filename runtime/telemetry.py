@@ -1,0 +1,74 @@
+"""OpenTelemetry tracing for runs, steps, gate decisions and connector calls.
+
+The exporter follows the standard variables: ``OTEL_TRACES_EXPORTER`` is
+``none`` (default), ``console`` or ``otlp`` (then ``OTEL_EXPORTER_OTLP_*`` apply);
+``OTEL_SERVICE_NAME`` names the service. Spans are recorded even with no
+exporter, so every audit event can carry the trace id of what caused it.
+
+>>> setup_tracing()
+>>> with tracer().start_as_current_span("steward.run") as span: ...
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+from runtime.errors import StewardError
+
+_lock = threading.Lock()
+_configured = False
+
+
+class TelemetryConfigInvalid(StewardError):
+    code = "telemetry_config_invalid"
+
+
+def _exporters() -> list[SpanExporter]:
+    names = [n.strip() for n in os.environ.get("OTEL_TRACES_EXPORTER", "none").split(",") if n.strip()]
+    exporters: list[SpanExporter] = []
+    for name in names:
+        if name == "none":
+            continue
+        if name == "console":
+            exporters.append(ConsoleSpanExporter())
+        elif name == "otlp":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            exporters.append(OTLPSpanExporter())
+        else:
+            raise TelemetryConfigInvalid(f"OTEL_TRACES_EXPORTER={name!r} is not one of none, console, otlp")
+    return exporters
+
+
+def setup_tracing(extra: SpanExporter | None = None) -> None:
+    """Install Steward's tracer provider once per process (later calls only add ``extra``)."""
+    global _configured
+    with _lock:
+        provider = trace.get_tracer_provider()
+        if not _configured:
+            resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "steward")})
+            provider = TracerProvider(resource=resource)
+            for exporter in _exporters():
+                provider.add_span_processor(BatchSpanProcessor(exporter))
+            trace.set_tracer_provider(provider)
+            _configured = True
+        if extra is not None and isinstance(provider, TracerProvider):
+            from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+            provider.add_span_processor(SimpleSpanProcessor(extra))
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer("steward")
+
+
+def current_trace_id() -> str | None:
+    """The active span's trace id as 32 hex digits, or None outside a span."""
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
