@@ -1,0 +1,126 @@
+"""Fixtures: every store, run and API test runs on SQLite and on PostgreSQL.
+
+PostgreSQL is expected at 127.0.0.1:5432 (user postgres, trust auth). Each test
+gets a fresh database cloned from a migrated template made once per test run; if
+the server is unreachable the PostgreSQL cases skip with a loud reason, except
+under CI=true, where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import psycopg
+import pytest
+
+from runtime.db import Database
+from runtime.sandbox import create_sandbox_app
+from runtime.service import Steward, build_connectors, open_steward
+from runtime.settings import Settings
+from tests.fakes import instant_retry
+
+PG_ADMIN = os.environ.get("STEWARD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+_template: str | None = None
+
+
+def _pg_url(dbname: str) -> str:
+    base = PG_ADMIN.rsplit("/", 1)[0]
+    return f"{base}/{dbname}".replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def _admin() -> psycopg.Connection:
+    return psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+
+
+def _pg_template() -> str:
+    global _template
+    if _template is None:
+        try:
+            conn = _admin()
+        except psycopg.OperationalError as exc:
+            reason = f"PostgreSQL at {PG_ADMIN} is unreachable ({exc.__class__.__name__}): PostgreSQL tests NOT run"
+            if os.environ.get("CI") == "true":
+                pytest.fail(reason)
+            pytest.skip(reason)
+        name = f"steward_tmpl_{uuid.uuid4().hex[:10]}"
+        with conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        Database(_pg_url(name)).upgrade()
+        _template = name
+    return _template
+
+
+def _fresh_pg_database() -> tuple[str, str]:
+    template = _pg_template()
+    name = f"steward_test_{uuid.uuid4().hex[:10]}"
+    with _admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    return name, _pg_url(name)
+
+
+def _drop_pg_database(name: str) -> None:
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _template is not None:
+        _drop_pg_database(_template)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'steward.db'}"
+        return
+    name, url = _fresh_pg_database()
+    try:
+        yield url
+    finally:
+        _drop_pg_database(name)
+
+
+@pytest.fixture
+def sandbox():
+    """An in-process sandbox CRM and pricing service (its state is ``sandbox.state.sandbox``)."""
+    return create_sandbox_app()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, crm_url="http://sandbox/crm", pricing_url="http://sandbox/pricing",
+                    demo=True, lease_seconds=5, executor_poll_seconds=0.05)
+
+
+@pytest.fixture
+def connectors(settings: Settings, sandbox):
+    return build_connectors(settings, transport=httpx.ASGITransport(app=sandbox), retry=instant_retry())
+
+
+@pytest.fixture
+async def steward(settings: Settings, connectors) -> AsyncIterator[Steward]:
+    async with open_steward(settings, connectors=connectors) as opened:
+        yield opened
+    for connector in connectors.values():
+        await connector.aclose()
+
+
+@pytest.fixture
+def open_custom(settings: Settings, connectors):
+    """Open a Steward with chosen workflows and extra connectors: ``async with open_custom([...], {...}) as s``."""
+    from contextlib import asynccontextmanager
+
+    from runtime.sdk import Registry
+    from workflows import WORKFLOWS
+
+    @asynccontextmanager
+    async def opener(workflows=(), extra_connectors=None):
+        registry = Registry([*WORKFLOWS, *workflows])
+        async with open_steward(settings, registry=registry,
+                                connectors={**connectors, **(extra_connectors or {})}) as opened:
+            yield opened
+
+    return opener

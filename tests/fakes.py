@@ -1,0 +1,57 @@
+"""Shared fakes: instant retries, a recording sleep, a test connector, small workflows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from pydantic import BaseModel
+
+from runtime import Connector, Effect, Owner, RetryPolicy, StepContext, Workflow, action
+
+
+class RecordingSleep:
+    """An injectable sleep that never sleeps and remembers every wait."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def instant_retry(attempts: int = 3, sleep: RecordingSleep | None = None) -> RetryPolicy:
+    return RetryPolicy(attempts=attempts, initial_wait=0.5, max_wait=5.0, sleep=sleep or RecordingSleep())
+
+
+class TicketConnector(Connector):
+    """A test connector whose ``escalate`` action always needs approval."""
+
+    name = "tickets"
+
+    @action(scope="tickets.write", effect=Effect.write)
+    async def open(self, *, title: str) -> dict[str, Any]:
+        return await self.request("POST", "/tickets", json={"title": title})
+
+    @action(scope="tickets.escalate", effect=Effect.message, requires_approval=True)
+    async def escalate(self, *, ticket_id: str, to: str) -> dict[str, Any]:
+        return await self.request("POST", f"/tickets/{ticket_id}/escalate", json={"to": to})
+
+
+class Empty(BaseModel):
+    pass
+
+
+OWNER = Owner(name="Test Owner", email="owner@example.com")
+
+
+def single_node_workflow(name: str, node, *, grants: set[str], state: type = dict) -> Workflow:
+    def build() -> StateGraph:
+        graph = StateGraph(state, context_schema=StepContext)
+        graph.add_node("work", node)
+        graph.add_edge(START, "work")
+        graph.add_edge("work", END)
+        return graph
+
+    return Workflow(name=name, version="1.0.0", owner=OWNER, description=f"test workflow {name}",
+                    input_model=Empty, build=build, grants=grants)

@@ -1,0 +1,260 @@
+"""Runs end to end through the executor, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from runtime import audit, store
+from runtime.models import ApprovalStatus, RunStatus
+from runtime.service import Steward
+from tests.fakes import TicketConnector, instant_retry, single_node_workflow
+
+PRICE_115 = {"items": [{"sku": "SKU-1001", "new_price": "115.00", "currency": "EUR"}], "reason": "supplier cost up"}
+PRICE_105 = {"items": [{"sku": "SKU-1002", "new_price": "105.00", "currency": "EUR"}], "reason": "small uplift"}
+
+
+def price(sandbox, sku: str) -> str:
+    return sandbox.state.sandbox.prices[(sku, "EUR")]["amount"]
+
+
+async def pending(steward: Steward, run_id: str) -> list[Any]:
+    async with steward.db.session() as session:
+        return list(await store.list_approvals(session=session, run_id=run_id, status=ApprovalStatus.pending))
+
+
+async def events(steward: Steward, run_id: str) -> list[str]:
+    async with steward.db.session() as session:
+        return [e.kind for e in await store.list_audit(session=session, run_id=run_id)]
+
+
+async def chain_ok(steward: Steward) -> bool:
+    async with steward.db.session() as session:
+        return (await audit.verify(session)).ok
+
+
+async def test_large_price_change_waits_for_approval_then_applies(steward: Steward, sandbox) -> None:
+    run, created = await steward.executor.submit(workflow="price_change", input=PRICE_115, actor="alice")
+    assert created and run.status == RunStatus.queued
+
+    run = await steward.executor.drive(run.id)
+    assert run.status == RunStatus.waiting_approval
+    assert price(sandbox, "SKU-1001") == "100.00"
+    [approval] = await pending(steward, run.id)
+    assert approval.action == "pricing.change_prices"
+    assert approval.arguments["changes"][0] == {
+        "sku": "SKU-1001", "currency": "EUR", "old_price": "100.00", "new_price": "115.00", "change_pct": "+15.00"}
+    assert "SKU-1001 +15.00 %" in approval.reason
+
+    await steward.executor.decide(approval_id=approval.id, decision="approve", actor="bob", comment="fine")
+    run = await steward.executor.drive(run.id)
+    assert run.status == RunStatus.succeeded
+    assert price(sandbox, "SKU-1001") == "115.00"
+    assert run.output["summary"]["approved_by"] == "bob"
+    kinds = await events(steward, run.id)
+    assert kinds[0] == "run.created" and kinds[-1] == "run.succeeded"
+    for kind in ("approval.requested", "run.waiting_approval", "approval.decided", "run.resumed", "connector.call"):
+        assert kind in kinds
+    assert await chain_ok(steward)
+
+
+async def test_small_price_change_needs_no_approval(steward: Steward, sandbox) -> None:
+    run, _ = await steward.executor.submit(workflow="price_change", input=PRICE_105, actor="alice")
+    run = await steward.executor.drive(run.id)
+    assert run.status == RunStatus.succeeded
+    assert price(sandbox, "SKU-1002") == "105.00"
+    assert await pending(steward, run.id) == []
+
+
+async def test_rejection_ends_the_run_rejected_and_writes_nothing(steward: Steward, sandbox) -> None:
+    run, _ = await steward.executor.submit(workflow="price_change", input=PRICE_115, actor="alice")
+    await steward.executor.drive(run.id)
+    [approval] = await pending(steward, run.id)
+    await steward.executor.decide(approval_id=approval.id, decision="reject", actor="bob", comment="too steep")
+    run = await steward.executor.drive(run.id)
+    assert run.status == RunStatus.rejected
+    assert run.error["code"] == "approval_rejected"
+    assert "too steep" in run.error["message"] and "bob" in run.error["message"]
+    assert price(sandbox, "SKU-1001") == "100.00"
+    assert sandbox.state.sandbox.writes == {}
+
+
+async def test_unknown_sku_fails_before_any_write(steward: Steward, sandbox) -> None:
+    data = {"items": [{"sku": "SKU-9999", "new_price": "10.00", "currency": "EUR"}], "reason": "typo"}
+    run, _ = await steward.executor.submit(workflow="price_change", input=data, actor="alice")
+    run = await steward.executor.drive(run.id)
+    assert run.status == RunStatus.failed
+    assert run.error == {"code": "unknown_sku", "message": "SKU-9999 has no EUR price in the pricing system"}
+    assert sandbox.state.sandbox.writes == {}
+
+
+async def test_lead_routing_creates_contact_deal_and_note(steward: Steward, sandbox) -> None:
+    lead = {"email": "Jane@Acme.io", "first_name": "Jane", "last_name": "Doe", "company": "Acme",
+            "country": "DE", "source": "referral", "employees": 250, "budget": "50000"}
+    run, _ = await steward.executor.submit(workflow="lead_routing", input=lead, actor="web-form")
+    run = await steward.executor.drive(run.id)
+    assert run.status == RunStatus.succeeded, run.error
+    out = run.output
+    assert out["duplicate"] is False and out["owner"]["territory"] == "EU" and out["score"] == 85
+    objects = sandbox.state.sandbox.objects
+    deal = objects["deals"][out["deal_id"]]
+    assert deal["properties"]["hubspot_owner_id"] == "501"
+    assert deal["associations"][0]["to"]["id"] == out["contact_id"]
+    assert "score 85" in objects["notes"][out["note_id"]]["properties"]["hs_note_body"]
+    assert objects["contacts"][out["contact_id"]]["properties"]["email"] == "jane@acme.io"
+
+
+async def test_lead_routing_dedupes_existing_contact(steward: Steward, sandbox) -> None:
+    lead = {"email": "existing.lead@example.com", "first_name": "E", "last_name": "L", "country": "US",
+            "source": "web"}
+    run, _ = await steward.executor.submit(workflow="lead_routing", input=lead, actor="web-form")
+    run = await steward.executor.drive(run.id)
+    assert run.status == RunStatus.succeeded
+    assert run.output["duplicate"] is True
+    assert len(sandbox.state.sandbox.objects["contacts"]) == 1
+
+
+async def test_scope_not_granted_is_denied_and_audited(open_custom, sandbox) -> None:
+    async def sneaky(state: dict, runtime) -> dict:
+        await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="1.00")
+        return {}
+
+    wf = single_node_workflow("sneaky", sneaky, grants={"pricing.prices.read"})
+    async with open_custom([wf]) as steward:
+        run, _ = await steward.executor.submit(workflow="sneaky", input={}, actor="alice")
+        run = await steward.executor.drive(run.id)
+        assert run.status == RunStatus.failed
+        assert run.error["code"] == "permission_denied"
+        assert "pricing.prices.write" in run.error["message"]
+        async with steward.db.session() as session:
+            [denial] = [e for e in await store.list_audit(session=session, run_id=run.id) if e.kind == "gate.decision"]
+        assert denial.data["decision"] == "deny" and denial.data["action"] == "pricing.set_price"
+    assert price(sandbox, "SKU-1001") == "100.00"
+
+
+@respx.mock(assert_all_called=False)
+async def test_action_requiring_approval_pauses_and_replays_earlier_calls(open_custom, respx_mock) -> None:
+    opened = respx_mock.post("http://tickets/tickets").mock(return_value=httpx.Response(201, json={"id": "T1"}))
+    escalated = respx_mock.post("http://tickets/tickets/T1/escalate").mock(
+        return_value=httpx.Response(200, json={"ok": True}))
+
+    async def triage(state: dict, runtime) -> dict:
+        ticket = await runtime.context.tickets.open(title="printer on fire")
+        return {"result": await runtime.context.tickets.escalate(ticket_id=ticket["id"], to="facilities")}
+
+    wf = single_node_workflow("triage", triage, grants={"tickets.write", "tickets.escalate"})
+    tickets = TicketConnector(base_url="http://tickets", token="t", retry=instant_retry())
+    async with open_custom([wf], {"tickets": tickets}) as steward:
+        run, _ = await steward.executor.submit(workflow="triage", input={}, actor="alice")
+        run = await steward.executor.drive(run.id)
+        assert run.status == RunStatus.waiting_approval
+        [approval] = await pending(steward, run.id)
+        assert approval.action == "tickets.escalate"
+        assert approval.arguments == {"ticket_id": "T1", "to": "facilities"}
+        await steward.executor.decide(approval_id=approval.id, decision="approve", actor="bob")
+        run = await steward.executor.drive(run.id)
+        assert run.status == RunStatus.succeeded
+        assert "connector.replayed" in await events(steward, run.id)
+    assert opened.call_count == 1, "the node re-ran after approval but the recorded write was not repeated"
+    assert escalated.call_count == 1
+    assert escalated.calls[0].request.headers["Idempotency-Key"] != opened.calls[0].request.headers["Idempotency-Key"]
+
+
+async def test_approval_is_bound_to_the_exact_arguments(open_custom) -> None:
+    proposals = iter([{"amount": "10"}, {"amount": "20"}, {"amount": "20"}])
+
+    async def drifting(state: dict, runtime) -> dict:
+        await runtime.context.request_approval(action="refund", arguments=next(proposals), reason="refunds need a person")
+        return {"refunded": True}
+
+    wf = single_node_workflow("drifting", drifting, grants=set())
+    async with open_custom([wf]) as steward:
+        run, _ = await steward.executor.submit(workflow="drifting", input={}, actor="alice")
+        await steward.executor.drive(run.id)
+        [first] = await pending(steward, run.id)
+        assert first.arguments == {"amount": "10"}
+        await steward.executor.decide(approval_id=first.id, decision="approve", actor="bob")
+        run = await steward.executor.drive(run.id)
+        assert run.status == RunStatus.waiting_approval, "approval for 10 must not cover 20"
+        [second] = await pending(steward, run.id)
+        assert second.arguments == {"amount": "20"} and second.id != first.id
+        await steward.executor.decide(approval_id=second.id, decision="approve", actor="bob")
+        run = await steward.executor.drive(run.id)
+        assert run.status == RunStatus.succeeded
+
+
+async def test_crash_after_external_write_before_record_writes_once(steward: Steward, sandbox, monkeypatch) -> None:
+    """The write reached the system but the process died before recording it: the retry sends
+    the same Idempotency-Key and the system does not apply it twice."""
+    from runtime import gate as gate_module
+
+    real_call = gate_module.ConnectorCall
+
+    class Crash(BaseException):
+        pass
+
+    def dying_record(**kwargs):
+        if kwargs["effect"] == "write":
+            raise Crash()
+        return real_call(**kwargs)
+
+    run, _ = await steward.executor.submit(workflow="price_change", input=PRICE_105, actor="alice")
+    monkeypatch.setattr(gate_module, "ConnectorCall", dying_record)
+    with pytest.raises(Crash):
+        await steward.executor.drive(run.id)
+    monkeypatch.setattr(gate_module, "ConnectorCall", real_call)
+    steward.executor.worker_id = "elsewhere:1:x"  # a different worker, after the lease ran out
+    async with steward.db.session() as session:
+        from sqlalchemy import update
+
+        from runtime.models import Run, utcnow
+        await session.execute(update(Run).where(Run.id == run.id).values(lease_expires_at=utcnow()))
+        await session.commit()
+    run = await steward.executor.drive(run.id)
+    assert run.status == RunStatus.succeeded
+    assert list(sandbox.state.sandbox.writes.values()) == [1]
+    assert price(sandbox, "SKU-1002") == "105.00"
+    assert await chain_ok(steward)
+
+
+async def test_cancel_a_waiting_run_cancels_its_approval(steward: Steward) -> None:
+    run, _ = await steward.executor.submit(workflow="price_change", input=PRICE_115, actor="alice")
+    await steward.executor.drive(run.id)
+    [approval] = await pending(steward, run.id)
+    run = await steward.executor.cancel(run_id=run.id, actor="alice")
+    assert run.status == RunStatus.cancelled
+    assert await pending(steward, run.id) == []
+    from runtime.errors import Conflict
+
+    with pytest.raises(Conflict):
+        await steward.executor.decide(approval_id=approval.id, decision="approve", actor="bob")
+    with pytest.raises(Conflict):
+        await steward.executor.cancel(run_id=run.id, actor="alice")
+
+
+async def test_repeated_idempotency_key_returns_the_first_run(steward: Steward) -> None:
+    first, created = await steward.executor.submit(workflow="price_change", input=PRICE_105, actor="a", idempotency_key="k1")
+    again, created_again = await steward.executor.submit(workflow="price_change", input=PRICE_105, actor="a",
+                                                         idempotency_key="k1")
+    assert created and not created_again and again.id == first.id
+    from runtime.errors import Conflict
+
+    with pytest.raises(Conflict):
+        await steward.executor.submit(workflow="price_change", input=PRICE_115, actor="a", idempotency_key="k1")
+
+
+async def test_background_executor_picks_up_queued_runs(steward: Steward, sandbox) -> None:
+    import asyncio
+
+    await steward.executor.start()
+    run, _ = await steward.executor.submit(workflow="price_change", input=PRICE_105, actor="alice")
+    for _ in range(200):
+        async with steward.db.session() as session:
+            run = await store.get_run(session=session, run_id=run.id)
+        if run.status.finished:
+            break
+        await asyncio.sleep(0.05)
+    assert run.status == RunStatus.succeeded
