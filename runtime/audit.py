@@ -94,7 +94,7 @@ async def append(
         run_id=run.id if run else None,
         workflow=run.workflow if run else None,
         version=run.version if run else None,
-        trace_id=trace_id or current_trace_id(),
+        trace_id=trace_id or current_trace_id() or getattr(run, "trace_id", None),
         data=scrub(data or {}),
         prev_hash=prev_hash,
         hash="",

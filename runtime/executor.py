@@ -168,16 +168,18 @@ class Executor:
                     + "; a decision cannot be changed"
                 )
             run = await store.get_run(session=session, run_id=approval.run_id)
-            await audit.append(session, kind="approval.decided", actor=actor, run=run, data={
-                "approval_id": approval_id, "decision": decision, "comment": comment,
-                "action": approval.action, "arguments_hash": approval.arguments_hash,
-            })
-            pending = await store.list_approvals(session=session, run_id=run.id, status=ApprovalStatus.pending)
-            if not pending and run.status == RunStatus.waiting_approval:
-                run.status, run.updated_at = RunStatus.queued, now
-                session.add(run)
-                await audit.append(session, kind="run.queued", actor=actor, run=run,
-                                   data={"reason": "approval decided"})
+            attrs = {"steward.run_id": run.id, "steward.approval_id": approval_id, "steward.decision": decision}
+            with tracer().start_as_current_span("steward.approval.decide", context=_run_parent(run), attributes=attrs):
+                await audit.append(session, kind="approval.decided", actor=actor, run=run, data={
+                    "approval_id": approval_id, "decision": decision, "comment": comment,
+                    "action": approval.action, "arguments_hash": approval.arguments_hash,
+                })
+                pending = await store.list_approvals(session=session, run_id=run.id, status=ApprovalStatus.pending)
+                if not pending and run.status == RunStatus.waiting_approval:
+                    run.status, run.updated_at = RunStatus.queued, now
+                    session.add(run)
+                    await audit.append(session, kind="run.queued", actor=actor, run=run,
+                                       data={"reason": "approval decided"})
             await session.commit()
             await session.refresh(approval)
         self._wake.set()

@@ -124,3 +124,17 @@ def open_custom(settings: Settings, connectors):
             yield opened
 
     return opener
+
+
+@pytest.fixture
+def client(settings: Settings, connectors):
+    """The whole HTTP app in-process (lifespan, executor and all) with a demo operator and approver."""
+    from fastapi.testclient import TestClient
+
+    from runtime.app import create_app
+
+    app = create_app(settings, connectors=connectors)
+    with TestClient(app) as test_client:
+        test_client.operator = {"Authorization": "Bearer steward-demo-operator"}
+        test_client.approver = {"Authorization": "Bearer steward-demo-approver"}
+        yield test_client
