@@ -304,3 +304,7 @@ def tokens_create(user: Annotated[str, typer.Option(help="Who the token acts as"
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -138,3 +138,59 @@ def client(settings: Settings, connectors):
         test_client.operator = {"Authorization": "Bearer steward-demo-operator"}
         test_client.approver = {"Authorization": "Bearer steward-demo-approver"}
         yield test_client
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, *, seconds: float = 30) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up within {seconds}s")
+
+
+@pytest.fixture
+def sandbox_process() -> Iterator[str]:
+    """The sandbox as its own process (it outlives the Steward processes a test kills); yields its URL."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "sandbox", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/_writes")
+        yield url
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def cli_env(database_url: str, sandbox_process: str, tmp_path) -> dict[str, str]:
+    """Environment for ``steward`` subprocesses on this test's database and sandbox process."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    return {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "STEWARD_DATABASE_URL": database_url,
+        "STEWARD_CRM_URL": f"{sandbox_process}/crm",
+        "STEWARD_PRICING_URL": f"{sandbox_process}/pricing",
+        "STEWARD_DEMO": "true",
+        "OTEL_TRACES_EXPORTER": "none",
+    }
