@@ -25,15 +25,15 @@ async def list_approvals(
     run_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[ApprovalPublic]:
-    async with steward.db.session() as session:
-        found = await store.list_approvals(session=session, status=status, run_id=run_id, limit=limit)
+    found = await steward.db.run(
+        lambda s: store.list_approvals(session=s, status=status, run_id=run_id, limit=limit))
     return [ApprovalPublic.model_validate(a) for a in found]
 
 
 @router.get("/{approval_id}", response_model=ApprovalPublic, summary="One approval request")
 async def get_approval(approval_id: str, steward: StewardDep, _: UserDep) -> ApprovalPublic:
-    async with steward.db.session() as session:
-        return ApprovalPublic.model_validate(await store.get_approval(session=session, approval_id=approval_id))
+    approval = await steward.db.run(lambda s: store.get_approval(session=s, approval_id=approval_id))
+    return ApprovalPublic.model_validate(approval)
 
 
 @router.post("/{approval_id}/decision", response_model=ApprovalPublic, summary="Approve or reject")

@@ -31,10 +31,11 @@ DEMO_TOKENS = {"demo.operator": "steward-demo-operator", "demo.approver": "stewa
 
 
 async def seed_demo_tokens(steward: Any) -> None:
-    async with steward.db.session() as session:
+    def seed(session: Any) -> None:
         for user, plain in DEMO_TOKENS.items():
-            await store.store_token(session=session, user=user, plain=plain)
-        await session.commit()
+            store.store_token(session=session, user=user, plain=plain)
+
+    await steward.db.run(seed)
 
 
 def error_response(exc: StewardError) -> JSONResponse:

@@ -6,8 +6,8 @@ first bumps the single ``audit_head`` row, which serialises writers on SQLite an
 PostgreSQL alike; :func:`verify` recomputes the chain and names the first event
 that does not fit.
 
->>> await append(session, kind="run.created", actor="alice", run=run, data={"input": {...}})
->>> await session.commit()
+>>> await db.run(lambda session: append(session, kind="run.created", actor="alice", run=run))
+
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from runtime.db import RawSql, raw_cursor
 from runtime.models import AuditEvent, AuditHead, utcnow
 from runtime.telemetry import current_trace_id
 
@@ -52,57 +54,79 @@ class RunLike(Protocol):
     id: str
     workflow: str
     version: str
+    trace_id: str | None
 
 
-def _hash_fields(event: AuditEvent) -> dict[str, Any]:
-    return {
-        "seq": event.seq,
-        "created_at": event.created_at,
-        "actor": event.actor,
-        "kind": event.kind,
-        "run_id": event.run_id,
-        "workflow": event.workflow,
-        "version": event.version,
-        "trace_id": event.trace_id,
-        "data": event.data,
-        "prev_hash": event.prev_hash,
-    }
+HASHED = ("seq", "created_at", "actor", "kind", "run_id", "workflow", "version", "trace_id", "data", "prev_hash")
 
 
-def compute_hash(event: AuditEvent) -> str:
+def _hash_fields(row: Any) -> dict[str, Any]:
+    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
+    return {name: get(name) for name in HASHED}
+
+
+def compute_hash(event: AuditEvent | dict[str, Any]) -> str:
     return digest(_hash_fields(event))
 
 
-async def append(
-    session: AsyncSession,
+_BUMP = "UPDATE audit_head SET seq = seq + ? WHERE id = 1 RETURNING seq, hash"
+_INSERT = ("INSERT INTO audit_events (seq, created_at, actor, kind, run_id, workflow, version, trace_id, data,"
+           " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, {json}, ?, ?)")
+_SET_HEAD = "UPDATE audit_head SET hash = ? WHERE id = 1"
+
+
+def pending_event(
     *,
     kind: str,
     actor: str,
     run: RunLike | None = None,
     data: dict[str, Any] | None = None,
     trace_id: str | None = None,
-) -> AuditEvent:
-    """Add one event to the chain inside the caller's transaction (the caller commits)."""
-    # The UPDATE comes first so this transaction holds the write lock before it reads the tip.
-    await session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq + 1))
-    seq, prev_hash = (await session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))).one()
-    event = AuditEvent(
-        seq=seq,
-        created_at=utcnow().isoformat(timespec="microseconds"),
-        actor=actor,
-        kind=kind,
-        run_id=run.id if run else None,
-        workflow=run.workflow if run else None,
-        version=run.version if run else None,
-        trace_id=trace_id or current_trace_id() or getattr(run, "trace_id", None),
-        data=scrub(data or {}),
-        prev_hash=prev_hash,
-        hash="",
-    )
-    event.hash = compute_hash(event)
-    session.add(event)
-    await session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=event.hash))
-    return event
+    created_at: datetime | None = None,
+) -> dict[str, Any]:
+    """An event's content, taken now (time, trace) and chained later by :func:`write_events`."""
+    return {
+        "created_at": (created_at or utcnow()).isoformat(timespec="microseconds"),
+        "actor": actor,
+        "kind": kind,
+        "run_id": run.id if run else None,
+        "workflow": run.workflow if run else None,
+        "version": run.version if run else None,
+        "trace_id": trace_id or current_trace_id() or (run.trace_id if run else None),
+        "data": scrub(data or {}),
+    }
+
+
+def write_events(cursor: Any, raw: RawSql, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chain and insert ``events`` in the cursor's transaction (the caller commits)."""
+    if not events:
+        return []
+    # Bumping the head first takes the write lock before the tip is read, on SQLite and PostgreSQL.
+    cursor.execute(raw.sql(_BUMP), (len(events),))
+    last_seq, prev_hash = cursor.fetchone()
+    rows = []
+    for offset, event in enumerate(events):
+        row = {**event, "seq": last_seq - len(events) + 1 + offset, "prev_hash": prev_hash}
+        row["hash"] = prev_hash = compute_hash(row)
+        rows.append(row)
+    cursor.executemany(raw.sql(_INSERT), [
+        (r["seq"], r["created_at"], r["actor"], r["kind"], r["run_id"], r["workflow"], r["version"], r["trace_id"],
+         raw.json(r["data"]), r["prev_hash"], r["hash"]) for r in rows
+    ])
+    cursor.execute(raw.sql(_SET_HEAD), (prev_hash,))
+    return rows
+
+
+def append(session: Session, *, kind: str, actor: str, run: RunLike | None = None,
+           data: dict[str, Any] | None = None, trace_id: str | None = None) -> dict[str, Any]:
+    """Add one event to the chain inside the session's transaction (the caller commits).
+
+    >>> await db.run(lambda session: append(session, kind="token.created", actor="ops", data={"user": "bot"}))
+    """
+    session.flush()
+    raw = RawSql(postgres=session.get_bind().dialect.name == "postgresql")
+    event = pending_event(kind=kind, actor=actor, run=run, data=data, trace_id=trace_id)
+    return write_events(raw_cursor(session), raw, [event])[0]
 
 
 @dataclass(frozen=True)
@@ -136,9 +160,11 @@ def verify_events(events: Iterable[AuditEvent], *, head_seq: int, head_hash: str
     return Verification(True, count)
 
 
-async def verify(session: AsyncSession) -> Verification:
+def verify(session: Session) -> Verification:
     """Recompute the whole chain in order; name the first event that is missing or altered."""
-    head = (await session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))).one()
-    result = await session.stream_scalars(select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=1000))
-    events = [event async for event in result]
-    return verify_events(events, head_seq=head.seq, head_hash=head.hash)
+    head = session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)).one()
+    events = session.scalars(select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=1000))
+    try:
+        return verify_events(events, head_seq=head.seq, head_hash=head.hash)
+    finally:
+        events.close()  # verification may stop early; the server-side cursor must not linger

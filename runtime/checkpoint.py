@@ -21,7 +21,11 @@ async def open_checkpointer(db: Database, *, pool_size: int = 10) -> AsyncIterat
 
         async with AsyncSqliteSaver.from_conn_string(db.sqlite_path) as saver:
             await saver.setup()
-            yield saver
+            db.write_lock = saver.lock
+            try:
+                yield saver
+            finally:
+                db.write_lock = None
         return
 
     from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver

@@ -94,11 +94,10 @@ async def drive_and_show(steward: Steward, run_id: str) -> dict[str, Any]:
     if run.status == RunStatus.running:  # another process holds it: follow until it pauses or ends
         while run.status in (RunStatus.running, RunStatus.queued):
             await asyncio.sleep(0.5)
-            async with steward.db.session() as session:
-                run = await store.get_run(session=session, run_id=run_id)
+            run = await steward.db.run(lambda s: store.get_run(session=s, run_id=run_id))
     view = run_view(run)
-    async with steward.db.session() as session:
-        pending = await store.list_approvals(session=session, run_id=run_id, status=ApprovalStatus.pending)
+    pending = await steward.db.run(
+        lambda s: store.list_approvals(session=s, run_id=run_id, status=ApprovalStatus.pending))
     view["pending_approval_ids"] = [a.id for a in pending]
     return view
 
@@ -172,8 +171,7 @@ def runs_list(
     """Runs, newest first: id, workflow, version, status."""
 
     async def go(steward: Steward) -> list[Any]:
-        async with steward.db.session() as session:
-            return list(await store.list_runs(session=session, status=status, limit=limit))
+        return list(await steward.db.run(lambda s: store.list_runs(session=s, status=status, limit=limit)))
 
     for run in with_steward(go):
         typer.echo(f"{run.id}  {run.workflow:<16} {run.version:<8} {run.status.value:<17} {run.created_at:%Y-%m-%d %H:%M:%S}")
@@ -183,11 +181,12 @@ def runs_list(
 def runs_show(run_id: str) -> None:
     """One run with its steps and pending approvals, as JSON."""
 
+    def read(session: Any) -> tuple[Any, Any, Any]:
+        return (store.get_run(session=session, run_id=run_id), store.list_steps(session=session, run_id=run_id),
+                store.list_approvals(session=session, run_id=run_id, status=ApprovalStatus.pending))
+
     async def go(steward: Steward) -> dict[str, Any]:
-        async with steward.db.session() as session:
-            run = await store.get_run(session=session, run_id=run_id)
-            steps = await store.list_steps(session=session, run_id=run_id)
-            pending = await store.list_approvals(session=session, run_id=run_id, status=ApprovalStatus.pending)
+        run, steps, pending = await steward.db.run(read)
         view = run_view(run)
         view["steps"] = [s.model_dump(mode="json", include={"node", "status", "started_at", "finished_at", "error"})
                          for s in steps]
@@ -214,8 +213,7 @@ def approvals_list(
     """Approval requests: id, run, action, reason."""
 
     async def go(steward: Steward) -> list[Any]:
-        async with steward.db.session() as session:
-            return list(await store.list_approvals(session=session, status=status))
+        return list(await steward.db.run(lambda s: store.list_approvals(session=s, status=status)))
 
     for a in with_steward(go):
         typer.echo(f"{a.id}  run {a.run_id}  {a.status.value:<9} {a.action}  {a.reason}")
@@ -249,8 +247,7 @@ def audit_verify() -> None:
     """Recompute the hash chain; exit 1 and name the first broken event if it was tampered with."""
 
     async def go(steward: Steward) -> audit.Verification:
-        async with steward.db.session() as session:
-            return await audit.verify(session)
+        return await steward.db.run(audit.verify)
 
     result = with_steward(go)
     if result.ok:
@@ -268,8 +265,7 @@ def audit_list(
     """Audit events as JSON Lines."""
 
     async def go(steward: Steward) -> list[Any]:
-        async with steward.db.session() as session:
-            return list(await store.list_audit(session=session, run_id=run_id, limit=limit))
+        return list(await steward.db.run(lambda s: store.list_audit(session=s, run_id=run_id, limit=limit)))
 
     for event in with_steward(go):
         typer.echo(json.dumps(event.model_dump(mode="json"), ensure_ascii=False, sort_keys=True))
@@ -292,12 +288,13 @@ def tokens_create(user: Annotated[str, typer.Option(help="Who the token acts as"
     if not user.strip():
         fail("--user must name someone")
 
-    async def go(steward: Steward) -> str:
-        async with steward.db.session() as session:
-            _, plain = await store.create_token(session=session, user=user.strip())
-            await audit.append(session, kind="token.created", actor=user.strip(), data={"user": user.strip()})
-            await session.commit()
+    def create(session: Any) -> str:
+        _, plain = store.create_token(session=session, user=user.strip())
+        audit.append(session, kind="token.created", actor=user.strip(), data={"user": user.strip()})
         return plain
+
+    async def go(steward: Steward) -> str:
+        return await steward.db.run(create)
 
     typer.echo(with_steward(go))
 

@@ -1,27 +1,36 @@
-"""Database engines, sessions and migrations for one Steward database.
+"""Database engine, transactions and migrations for one Steward database.
 
 The SQLModel tables and the LangGraph checkpointer share one database: a SQLite
 file by default, PostgreSQL (psycopg 3) when ``STEWARD_DATABASE_URL`` says so.
 
+The data layer is plain synchronous SQLAlchemy; the async core reaches it through
+one adapter, :meth:`Database.run`, which runs a function as one transaction: in a
+worker thread for PostgreSQL (one thread hop per transaction, not per statement),
+inline for SQLite, serialised with the checkpointer's writes.
+
 >>> db = Database("sqlite:///./steward.db")
 >>> db.upgrade()
->>> async with db.session() as session: ...
+>>> run = await db.run(lambda session: store.get_run(session=session, run_id="…"))
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
+import contextvars
+import json
+from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
 
 from runtime.errors import StewardError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+T = TypeVar("T")
 
 
 class DatabaseUrlInvalid(StewardError):
@@ -29,7 +38,7 @@ class DatabaseUrlInvalid(StewardError):
 
 
 def normalise_url(url: str) -> str:
-    """Steward's canonical sync URL: ``sqlite:///…`` or ``postgresql+psycopg://…``."""
+    """Steward's canonical URL: ``sqlite:///…`` or ``postgresql+psycopg://…``."""
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
@@ -52,8 +61,45 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+class RawSql:
+    """Hand-written statements for the per-step write path, in the driver's own terms.
+
+    SQLAlchemy costs several times what SQLite itself spends on a small statement;
+    the few statements every step runs (audit append, step and call records) go to
+    the DBAPI cursor directly. Write them with ``?`` placeholders and ``{json}``
+    where a JSON value is bound; :meth:`sql` adapts them to the driver.
+    """
+
+    def __init__(self, *, postgres: bool) -> None:
+        self.postgres = postgres
+        self._cache: dict[str, str] = {}
+
+    def sql(self, statement: str) -> str:
+        if statement not in self._cache:
+            adapted = statement.replace("?", "%s").replace("{json}", "%s::json") if self.postgres else (
+                statement.replace("{json}", "?"))
+            self._cache[statement] = adapted
+        return self._cache[statement]
+
+    def time(self, value: datetime | None) -> Any:
+        """A UTC datetime as the column stores it (what ``models.UTCDateTime`` writes)."""
+        if value is None:
+            return None
+        naive = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return naive if self.postgres else naive.isoformat(sep=" ", timespec="microseconds")
+
+    @staticmethod
+    def json(value: Any) -> str | None:
+        return None if value is None else json.dumps(value, separators=(",", ":"), default=str)
+
+
+def raw_cursor(session: Session) -> Any:
+    """The DBAPI cursor of the session's connection, inside the session's transaction."""
+    return session.connection().connection.driver_connection.cursor()
+
+
 class Database:
-    """One database: an async engine for the app, a sync URL for Alembic, and the checkpointer."""
+    """One database: the engine, transactions run off the event loop, and migrations."""
 
     def __init__(self, url: str) -> None:
         self.url = normalise_url(url)
@@ -63,17 +109,64 @@ class Database:
             self.sqlite_path = parsed.database or ":memory:"
             if self.sqlite_path != ":memory:":
                 Path(self.sqlite_path).parent.mkdir(parents=True, exist_ok=True)
-            async_url = parsed.set(drivername="sqlite+aiosqlite")
-            self.engine: AsyncEngine = create_async_engine(async_url)
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            self.engine = create_engine(self.url, connect_args={"check_same_thread": False}, pool_size=8)
+            event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
-            self.engine = create_async_engine(parsed, pool_pre_ping=True)
-        self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+            self.engine = create_engine(self.url, pool_size=10, pool_pre_ping=True)
+        self.raw = RawSql(postgres=not self.is_sqlite)
+        self._inflight: set[asyncio.Future] = set()
+        # On SQLite, set to the checkpointer's lock: one writer at a time inside the process
+        # instead of two connections meeting in SQLite's busy handler (which sleeps).
+        self.write_lock: asyncio.Lock | None = None
+        self._local_lock = asyncio.Lock()
+        self._sqlite_connection: Any = None
 
-    @asynccontextmanager
-    async def session(self) -> AsyncIterator[AsyncSession]:
-        async with self._sessions() as session:
-            yield session
+    def transaction(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn`` in one transaction on this thread: committed if it returns, rolled back if it raises."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            result = fn(session)
+            session.commit()
+            return result
+
+    async def run(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn`` as one transaction (see the module docstring for where it runs)."""
+        return await self._dispatch(self.transaction, fn)
+
+    def cursor_transaction(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(cursor)`` in one transaction on a DBAPI connection (the per-step path)."""
+        # SQLite transactions run one at a time on the loop thread, so they can keep one
+        # connection; PostgreSQL's run in threads and take theirs from the pool.
+        shared = self.is_sqlite
+        if shared and self._sqlite_connection is None:
+            self._sqlite_connection = self.engine.raw_connection()
+        connection = self._sqlite_connection if shared else self.engine.raw_connection()
+        try:
+            result = fn(connection.cursor())
+            connection.commit()
+            return result
+        except BaseException:
+            connection.rollback()
+            raise
+        finally:
+            if not shared:
+                connection.close()
+
+    async def run_cursor(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(cursor)`` as one transaction with the driver's cursor; statements via :attr:`raw`."""
+        return await self._dispatch(self.cursor_transaction, fn)
+
+    async def _dispatch(self, transaction: Callable[[Callable[[Any], T]], T], fn: Callable[[Any], T]) -> T:
+        if not self.is_sqlite:
+            context = contextvars.copy_context()
+            future = asyncio.get_running_loop().run_in_executor(None, context.run, transaction, fn)
+            self._inflight.add(future)
+            future.add_done_callback(self._inflight.discard)
+            # A cancelled caller cannot stop a transaction already in its thread; dispose() waits for it.
+            return await asyncio.shield(future)
+        # SQLite is in-process and answers in microseconds: run inline, one transaction at a
+        # time with the checkpointer (its lock), so neither meets the other's write lock.
+        async with self.write_lock or self._local_lock:
+            return transaction(fn)
 
     @property
     def libpq_url(self) -> str:
@@ -81,7 +174,7 @@ class Database:
         return make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
 
     def upgrade(self, revision: str = "head") -> None:
-        """Apply Alembic migrations up to ``revision`` (synchronous; call before serving)."""
+        """Apply Alembic migrations up to ``revision``."""
         from alembic import command
         from alembic.config import Config
 
@@ -91,4 +184,10 @@ class Database:
         command.upgrade(config, revision)
 
     async def dispose(self) -> None:
-        await self.engine.dispose()
+        """Close every connection, after the transactions still in their threads have finished."""
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        if self._sqlite_connection is not None:
+            self._sqlite_connection.close()
+            self._sqlite_connection = None
+        self.engine.dispose()

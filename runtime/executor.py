@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -29,6 +30,7 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from pydantic_core import to_jsonable_python
 from sqlalchemy import update
+from sqlalchemy.orm import Session
 
 from runtime import audit, store
 from runtime.connectors.base import Connector
@@ -36,13 +38,13 @@ from runtime.context import StepContext
 from runtime.db import Database
 from runtime.errors import ApprovalRejected, Conflict, InputInvalid, StewardError
 from runtime.gate import APPROVAL, Gate
+from runtime.journal import Journal
 from runtime.models import (
     FINISHED,
     ApprovalRequest,
     ApprovalStatus,
     Run,
     RunStatus,
-    RunStep,
     StepStatus,
     utcnow,
 )
@@ -124,26 +126,30 @@ class Executor:
         wf = self.registry.get(workflow)
         data = wf.validate_input(input)
         scoped_key = f"{actor}:{idempotency_key}" if idempotency_key else None
-        async with self.db.session() as session:
-            if scoped_key:
-                existing = await store.find_run_by_idempotency_key(session=session, key=scoped_key)
-                if existing is not None:
-                    if existing.workflow != wf.name or existing.input != data:
-                        raise Conflict(
-                            f"Idempotency-Key {idempotency_key!r} was used for a different request (run {existing.id}); "
-                            "use a new key for a new run"
-                        )
-                    return existing, False
-            with tracer().start_as_current_span("steward.submit") as span:
-                run = Run(workflow=wf.name, version=wf.version, input=data, created_by=actor,
-                          idempotency_key=scoped_key, trace_id=format(span.get_span_context().trace_id, "032x"))
-                span.set_attributes({"steward.run_id": run.id, "steward.workflow": wf.name, "steward.version": wf.version})
+        with tracer().start_as_current_span("steward.submit") as span:
+            run = Run(workflow=wf.name, version=wf.version, input=data, created_by=actor,
+                      idempotency_key=scoped_key, trace_id=format(span.get_span_context().trace_id, "032x"))
+            span.set_attributes({"steward.run_id": run.id, "steward.workflow": wf.name, "steward.version": wf.version})
+
+            def create(session: Session) -> tuple[Run, bool]:
+                if scoped_key:
+                    existing = store.find_run_by_idempotency_key(session=session, key=scoped_key)
+                    if existing is not None:
+                        if existing.workflow != wf.name or existing.input != data:
+                            raise Conflict(
+                                f"Idempotency-Key {idempotency_key!r} was used for a different request "
+                                f"(run {existing.id}); use a new key for a new run"
+                            )
+                        return existing, False
                 session.add(run)
-                await audit.append(session, kind="run.created", actor=actor, run=run,
-                                   data={"input_digest": audit.digest(data), "owner": wf.owner.email})
-                await session.commit()
+                session.flush()
+                audit.append(session, kind="run.created", actor=actor, run=run,
+                             data={"input_digest": audit.digest(data), "owner": wf.owner.email})
+                return run, True
+
+            result = await self.db.run(create)
         self._wake.set()
-        return run, True
+        return result
 
     async def decide(self, *, approval_id: str, decision: str, actor: str, comment: str = "") -> ApprovalRequest:
         """Record a person's decision and queue the run to resume with it."""
@@ -151,102 +157,109 @@ class Executor:
             raise InputInvalid(f"decision must be 'approve' or 'reject', not {decision!r}",
                                details=[{"loc": ["body", "decision"], "msg": "must be approve or reject"}])
         status = ApprovalStatus.approved if decision == "approve" else ApprovalStatus.rejected
-        async with self.db.session() as session:
-            approval = await store.get_approval(session=session, approval_id=approval_id)
-            now = utcnow()
-            result = await session.execute(
+
+        def record(session: Session) -> ApprovalRequest:
+            approval = store.get_approval(session=session, approval_id=approval_id)
+            result = session.execute(
                 update(ApprovalRequest)
                 .where(ApprovalRequest.id == approval_id, ApprovalRequest.status == ApprovalStatus.pending)
-                .values(status=status, decided_by=actor, comment=comment, decided_at=now)
+                .values(status=status, decided_by=actor, comment=comment, decided_at=utcnow())
             )
             if result.rowcount != 1:
-                await session.rollback()
-                current = await store.get_approval(session=session, approval_id=approval_id)
                 raise Conflict(
-                    f"approval {approval_id} is already {current.status.value}"
-                    + (f" by {current.decided_by}" if current.decided_by else "")
+                    f"approval {approval_id} is already {approval.status.value}"
+                    + (f" by {approval.decided_by}" if approval.decided_by else "")
                     + "; a decision cannot be changed"
                 )
-            run = await store.get_run(session=session, run_id=approval.run_id)
+            run = store.get_run(session=session, run_id=approval.run_id)
             attrs = {"steward.run_id": run.id, "steward.approval_id": approval_id, "steward.decision": decision}
             with tracer().start_as_current_span("steward.approval.decide", context=_run_parent(run), attributes=attrs):
-                await audit.append(session, kind="approval.decided", actor=actor, run=run, data={
+                audit.append(session, kind="approval.decided", actor=actor, run=run, data={
                     "approval_id": approval_id, "decision": decision, "comment": comment,
                     "action": approval.action, "arguments_hash": approval.arguments_hash,
                 })
-                pending = await store.list_approvals(session=session, run_id=run.id, status=ApprovalStatus.pending)
+                pending = store.list_approvals(session=session, run_id=run.id, status=ApprovalStatus.pending)
                 if not pending and run.status == RunStatus.waiting_approval:
-                    run.status, run.updated_at = RunStatus.queued, now
-                    session.add(run)
-                    await audit.append(session, kind="run.queued", actor=actor, run=run,
-                                       data={"reason": "approval decided"})
-            await session.commit()
-            await session.refresh(approval)
+                    run.status, run.updated_at = RunStatus.queued, utcnow()
+                    audit.append(session, kind="run.queued", actor=actor, run=run,
+                                 data={"reason": "approval decided"})
+            session.flush()
+            session.refresh(approval)
+            return approval
+
+        approval = await self.db.run(record)
         self._wake.set()
         return approval
 
     async def cancel(self, *, run_id: str, actor: str) -> Run:
         """Cancel a run: at once when queued or waiting, at its next step boundary when running."""
-        async with self.db.session() as session:
-            run = await store.get_run(session=session, run_id=run_id)
+
+        def record(session: Session) -> Run:
+            run = store.get_run(session=session, run_id=run_id)
             if run.status in FINISHED:
                 raise Conflict(f"run {run_id} already ended {run.status.value}; nothing to cancel")
             if run.status == RunStatus.running:
                 run.cancel_requested = True
-                session.add(run)
-                await audit.append(session, kind="run.cancel_requested", actor=actor, run=run)
-                await session.commit()
-                task = self._tasks.get(run_id)
-                if task is not None:
-                    self._cancelling.add(run_id)
-                    task.cancel()
+                audit.append(session, kind="run.cancel_requested", actor=actor, run=run)
                 return run
-            await self._finish(session, run, RunStatus.cancelled, actor=actor, error=None)
-            for approval in await store.list_approvals(session=session, run_id=run_id, status=ApprovalStatus.pending):
+            for approval in store.list_approvals(session=session, run_id=run_id, status=ApprovalStatus.pending):
                 approval.status = ApprovalStatus.cancelled
-                session.add(approval)
-            await session.commit()
-            return run
+            return self._finish(session, run_id, RunStatus.cancelled, actor=actor)
+
+        run = await self.db.run(record)
+        task = self._tasks.get(run_id)
+        if run.status == RunStatus.running and task is not None and run_id not in self._cancelling:
+            self._cancelling.add(run_id)
+            task.cancel()
+        return run
 
     # -- driving -----------------------------------------------------------------------
 
     async def drive(self, run_id: str) -> Run:
         """Claim ``run_id`` and drive it until it pauses or ends; returns the run as it then stands."""
-        async with self.db.session() as session:
-            claimed = await store.claim_run(session=session, run_id=run_id, worker_id=self.worker_id,
-                                            lease_seconds=self.lease_seconds,
-                                            force_from=await self._dead_local_owner(session, run_id))
-            await session.commit()
-        if claimed:
-            await self._execute_guarded(run_id)
-        async with self.db.session() as session:
-            return await store.get_run(session=session, run_id=run_id)
 
-    async def _dead_local_owner(self, session: Any, run_id: str) -> str | None:
-        run = await store.get_run(session=session, run_id=run_id)
+        def claim(session: Session) -> tuple[Run, Journal | None]:
+            claim = functools.partial(store.claim_run, session=session, run_id=run_id, worker_id=self.worker_id,
+                                      lease_seconds=self.lease_seconds)
+            run = claim()
+            if run is None:
+                run = store.get_run(session=session, run_id=run_id)
+                dead_owner = self._dead_local_owner(run)
+                if dead_owner is None or (run := claim(force_from=dead_owner)) is None:
+                    return store.get_run(session=session, run_id=run_id), None
+            fresh = run.executions == 1
+            return run, Journal(
+                db=self.db, run=run, actor=SYSTEM,
+                recorded={} if fresh else store.recorded_responses(session=session, run_id=run_id),
+                steps={} if fresh else store.step_states(session=session, run_id=run_id),
+            )
+
+        run, journal = await self.db.run(claim)
+        if journal is None:
+            return run
+        return await self._execute_guarded(run, journal)
+
+    def _dead_local_owner(self, run: Run) -> str | None:
         owner = run.worker_id or ""
         if run.status != RunStatus.running or not owner.startswith(_host_prefix()):
             return None
         pid = int(owner.split(":")[1])
         return owner if pid != os.getpid() and not _pid_alive(pid) else None
 
-    async def _execute_guarded(self, run_id: str) -> None:
+    async def _execute_guarded(self, run: Run, journal: Journal) -> Run:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks[run_id] = task
+        self._tasks[run.id] = task
         try:
-            await self._execute(run_id)
+            return await self._execute(run, journal)
         except asyncio.CancelledError:
-            if run_id not in self._cancelling:
+            if run.id not in self._cancelling:
                 raise  # shutting down: the lease lapses and another worker resumes the run
-            async with self.db.session() as session:
-                run = await store.get_run(session=session, run_id=run_id)
-                await self._finish(session, run, RunStatus.cancelled, actor=SYSTEM, error=None)
-                await session.commit()
             task.uncancel()
+            return await self._end(journal, RunStatus.cancelled)
         finally:
-            self._tasks.pop(run_id, None)
-            self._cancelling.discard(run_id)
+            self._tasks.pop(run.id, None)
+            self._cancelling.discard(run.id)
 
     def _graph(self, wf: Workflow) -> Any:
         key = (wf.name, wf.version)
@@ -254,19 +267,14 @@ class Executor:
             self._compiled[key] = wf.graph.compile(checkpointer=self.checkpointer)
         return self._compiled[key]
 
-    async def _execute(self, run_id: str) -> None:
-        async with self.db.session() as session:
-            run = await store.get_run(session=session, run_id=run_id)
+    async def _execute(self, run: Run, journal: Journal) -> Run:
         try:
             wf = self.registry.get(run.workflow)
             if wf.version != run.version:
                 raise StewardError(f"run {run.id} is pinned to {run.workflow} {run.version}, "
                                    f"but this process serves version {wf.version}")
         except StewardError as exc:
-            async with self.db.session() as session:
-                await self._finish(session, run, RunStatus.failed, actor=SYSTEM, error=exc.to_dict())
-                await session.commit()
-            return
+            return await self._end(journal, RunStatus.failed, error=exc.to_dict())
         graph = self._graph(wf)
         config = {"configurable": {"thread_id": run.id}}
         attrs = {"steward.run_id": run.id, "steward.workflow": run.workflow, "steward.version": run.version}
@@ -275,17 +283,17 @@ class Executor:
             graph_input: Any = None
             kind, stream = "run.resumed", True
             if snapshot.interrupts:
-                resume = await self._decisions(run, snapshot.interrupts)
+                resume = await self.db.run(lambda s: self._decisions(s, run, snapshot.interrupts, journal))
                 if resume is None:
-                    return
+                    return await self._current(run.id)
                 graph_input = Command(resume=resume)
             elif not snapshot.next and snapshot.created_at is not None:
                 stream = False  # the graph finished before the run's status was recorded
             elif not snapshot.next:
                 graph_input, kind = run.input, "run.started"
-            async with self.db.session() as session:
-                await audit.append(session, kind=kind, actor=SYSTEM, run=run, data={"worker": self.worker_id})
-                await session.commit()
+            journal.defer(journal.event(kind, {"worker": self.worker_id}))
+            if kind == "run.resumed":
+                journal.recover_steps({task.id for task in snapshot.tasks})
 
             spans: dict[str, trace.Span] = {}
             run_context = trace.set_span_in_context(run_span)
@@ -296,120 +304,109 @@ class Executor:
                                                          attributes={**attrs, "steward.node": node})
                 return spans[task_id]
 
-            gate = Gate(db=self.db, run=run, grants=wf.grants, actor=SYSTEM, step_span=step_span)
+            gate = Gate(journal=journal, grants=wf.grants, step_span=step_span)
             context = StepContext(run_id=run.id, workflow=run.workflow, version=run.version, gate=gate,
                                   connectors=self.connectors)
             try:
                 if stream:
                     async for event in graph.astream(graph_input, config, context=context, stream_mode="tasks",
                                                      durability="sync"):
-                        await self._record_task(run, event, step_span, spans)
+                        self._record_task(journal, event, step_span, spans)
             except ApprovalRejected as exc:
-                async with self.db.session() as session:
-                    await self._finish(session, run, RunStatus.rejected, actor=SYSTEM, error=exc.to_dict())
-                    await session.commit()
-                return
+                return await self._end(journal, RunStatus.rejected, error=exc.to_dict())
             except Exception as exc:  # a node raised: the run fails with the reason
                 log.warning("run %s failed: %s", run.id, exc)
                 run_span.record_exception(exc)
-                async with self.db.session() as session:
-                    await self._finish(session, run, RunStatus.failed, actor=SYSTEM, error=_error(exc))
-                    await session.commit()
-                return
+                return await self._end(journal, RunStatus.failed, error=_error(exc))
             finally:
                 for span in spans.values():
                     span.end()
 
             snapshot = await graph.aget_state(config)
             if snapshot.interrupts:
-                await self._decisions(run, snapshot.interrupts)
-                return
-            async with self.db.session() as session:
-                await self._finish(session, run, RunStatus.succeeded, actor=SYSTEM, error=None,
+                await self.db.run(lambda s: self._decisions(s, run, snapshot.interrupts, journal))
+                return await self._current(run.id)
+            return await self._end(journal, RunStatus.succeeded,
                                    output=to_jsonable_python(snapshot.values, fallback=str))
-                await session.commit()
 
-    async def _record_task(self, run: Run, event: dict[str, Any], step_span: Any, spans: dict) -> None:
+    async def _end(self, journal: Journal, status: RunStatus, *, error: dict | None = None, output: Any = None) -> Run:
+        def end(session: Session) -> Run:
+            journal.flush_into(session)
+            return self._finish(session, journal.run.id, status, actor=SYSTEM, error=error, output=output)
+
+        return await self.db.run(end)
+
+    async def _current(self, run_id: str) -> Run:
+        return await self.db.run(lambda s: store.get_run(session=s, run_id=run_id))
+
+    def _record_task(self, journal: Journal, event: dict[str, Any], step_span: Any, spans: dict) -> None:
         task_id, node = event["id"], event["name"]
-        async with self.db.session() as session:
-            step = await store.get_step(session=session, run_id=run.id, task_id=task_id)
-            if "input" in event:  # the task starts
-                step_span(task_id, node)
-                if step is None:
-                    step = RunStep(run_id=run.id, task_id=task_id, node=node, superstep=0)
-                step.status, step.started_at, step.finished_at, step.error = StepStatus.running, utcnow(), None, None
-                session.add(step)
-                await audit.append(session, kind="step.started", actor=SYSTEM, run=run,
-                                   data={"node": node, "task_id": task_id},
-                                   trace_id=format(spans[task_id].get_span_context().trace_id, "032x"))
-            else:
-                if event.get("interrupts"):
-                    status, error = StepStatus.interrupted, None
-                elif event.get("error"):
-                    status, error = StepStatus.failed, {"message": str(event["error"])}
-                else:
-                    status, error = StepStatus.succeeded, None
-                if step is not None:
-                    step.status, step.finished_at, step.error = status, utcnow(), error
-                    session.add(step)
-                span = spans.pop(task_id, None)
-                if span is not None:
-                    span.set_attribute("steward.step_status", status.value)
-                    span.end()
-                await audit.append(session, kind="step.finished", actor=SYSTEM, run=run,
-                                   data={"node": node, "task_id": task_id, "status": status.value, "error": error})
-            await session.commit()
+        if "input" in event:  # the task starts; written with the step's first transaction
+            span = step_span(task_id, node)
+            journal.step_started(task_id=task_id, node=node, trace_id=format(span.get_span_context().trace_id, "032x"))
+            return
+        if event.get("interrupts"):
+            status, error = StepStatus.interrupted, None
+        elif event.get("error"):
+            status, error = StepStatus.failed, {"message": str(event["error"])}
+        else:
+            status, error = StepStatus.succeeded, None
+        span = spans.pop(task_id, None)
+        if span is not None:
+            span.set_attribute("steward.step_status", status.value)
+            span.end()
+        journal.step_finished(task_id=task_id, node=node, status=status, error=error)
 
-    async def _decisions(self, run: Run, interrupts: Any) -> dict[str, Any] | None:
+    def _decisions(self, session: Session, run: Run, interrupts: Any, journal: Journal) -> dict[str, Any] | None:
         """Resume values for every open interrupt, or None after opening the approval requests still needed."""
-        async with self.db.session() as session:
-            known = await store.approvals_by_interrupt(session=session, interrupt_ids=[i.id for i in interrupts])
-            decided = {i.id: known[i.id] for i in interrupts
-                       if i.id in known and known[i.id].status in (ApprovalStatus.approved, ApprovalStatus.rejected)}
-            if len(decided) == len(interrupts):
-                return {
-                    iid: {"approval_id": a.id, "decision": "approve" if a.status == ApprovalStatus.approved else "reject",
-                          "decided_by": a.decided_by, "comment": a.comment, "arguments_hash": a.arguments_hash}
-                    for iid, a in decided.items()
-                }
-            for item in interrupts:
-                if item.id in known:
-                    continue
-                value = item.value if isinstance(item.value, dict) and item.value.get("kind") == APPROVAL else {
-                    "action": "interrupt", "arguments": {"value": to_jsonable_python(item.value, fallback=str)},
-                    "arguments_hash": audit.digest(to_jsonable_python(item.value, fallback=str)),
-                    "reason": "the step asked a person", "node": "?",
-                }
-                approval = ApprovalRequest(
-                    run_id=run.id, interrupt_id=item.id, workflow=run.workflow, version=run.version,
-                    node=value["node"], action=value["action"], arguments=value["arguments"],
-                    arguments_hash=value["arguments_hash"], reason=value["reason"], requested_by=run.created_by,
-                )
-                session.add(approval)
-                await audit.append(session, kind="approval.requested", actor=SYSTEM, run=run, data={
-                    "approval_id": approval.id, "decision": "needs_approval", "rule": value["reason"],
-                    "action": approval.action, "arguments_hash": approval.arguments_hash, "node": approval.node,
-                })
-            run = await store.get_run(session=session, run_id=run.id)
-            run.status, run.worker_id, run.lease_expires_at, run.updated_at = (
-                RunStatus.waiting_approval, None, None, utcnow())
-            session.add(run)
-            await audit.append(session, kind="run.waiting_approval", actor=SYSTEM, run=run)
-            await session.commit()
+        known = store.approvals_by_interrupt(session=session, interrupt_ids=[i.id for i in interrupts])
+        decided = {i.id: known[i.id] for i in interrupts
+                   if i.id in known and known[i.id].status in (ApprovalStatus.approved, ApprovalStatus.rejected)}
+        if len(decided) == len(interrupts):
+            return {
+                iid: {"approval_id": a.id, "decision": "approve" if a.status == ApprovalStatus.approved else "reject",
+                      "decided_by": a.decided_by, "comment": a.comment, "arguments_hash": a.arguments_hash}
+                for iid, a in decided.items()
+            }
+        journal.flush_into(session)
+        for item in interrupts:
+            if item.id in known:
+                continue
+            value = item.value if isinstance(item.value, dict) and item.value.get("kind") == APPROVAL else {
+                "action": "interrupt", "arguments": {"value": to_jsonable_python(item.value, fallback=str)},
+                "arguments_hash": audit.digest(to_jsonable_python(item.value, fallback=str)),
+                "reason": "the step asked a person", "node": "?",
+            }
+            approval = ApprovalRequest(
+                run_id=run.id, interrupt_id=item.id, workflow=run.workflow, version=run.version,
+                node=value["node"], action=value["action"], arguments=value["arguments"],
+                arguments_hash=value["arguments_hash"], reason=value["reason"], requested_by=run.created_by,
+            )
+            session.add(approval)
+            audit.append(session, kind="approval.requested", actor=SYSTEM, run=run, data={
+                "approval_id": approval.id, "decision": "needs_approval", "rule": value["reason"],
+                "action": approval.action, "arguments_hash": approval.arguments_hash, "node": approval.node,
+            })
+        current = store.get_run(session=session, run_id=run.id)
+        current.status, current.worker_id, current.lease_expires_at, current.updated_at = (
+            RunStatus.waiting_approval, None, None, utcnow())
+        audit.append(session, kind="run.waiting_approval", actor=SYSTEM, run=current)
         return None
 
-    async def _finish(
-        self, session: Any, run: Run, status: RunStatus, *, actor: str, error: dict | None, output: Any = None
-    ) -> None:
-        run = await store.get_run(session=session, run_id=run.id)
+    def _finish(
+        self, session: Session, run_id: str, status: RunStatus, *, actor: str, error: dict | None = None,
+        output: Any = None,
+    ) -> Run:
+        run = store.get_run(session=session, run_id=run_id)
         now = utcnow()
         run.status, run.error, run.updated_at, run.finished_at = status, error, now, now
         run.worker_id, run.lease_expires_at = None, None
         if output is not None:
             run.output = output
-        session.add(run)
-        await audit.append(session, kind=f"run.{status.value}", actor=actor, run=run,
-                           data={"error": error} if error else {"output_digest": audit.digest(output)})
+        audit.append(session, kind=f"run.{status.value}", actor=actor, run=run,
+                     data={"error": error} if error else {"output_digest": audit.digest(output)})
+        session.flush()
+        return run
 
     # -- the background loop -------------------------------------------------------------
 
@@ -438,8 +435,7 @@ class Executor:
                 await self._adopt_dead_local_runs()
                 free = self.concurrency - len(self._tasks)
                 if free > 0:
-                    async with self.db.session() as session:
-                        ids = await store.claimable_run_ids(session=session, limit=free)
+                    ids = await self.db.run(lambda s: store.claimable_run_ids(session=s, limit=free))
                     for run_id in ids:
                         if run_id not in self._tasks:
                             self._spawn(run_id)
@@ -452,13 +448,18 @@ class Executor:
                 await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
 
     def _spawn(self, run_id: str) -> None:
-        placeholder = asyncio.create_task(self.drive(run_id))
-        self._tasks.setdefault(run_id, placeholder)
-        placeholder.add_done_callback(lambda _: self._wake.set())
+        task = asyncio.create_task(self.drive(run_id))
+        self._tasks.setdefault(run_id, task)
+        task.add_done_callback(self._driven)
+
+    def _driven(self, task: asyncio.Task) -> None:
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("driving a run failed; its lease will lapse and it will be retried",
+                      exc_info=task.exception())
 
     async def _adopt_dead_local_runs(self) -> None:
-        async with self.db.session() as session:
-            rows = await store.running_runs_by_worker_prefix(session=session, prefix=_host_prefix())
+        rows = await self.db.run(lambda s: store.running_runs_by_worker_prefix(session=s, prefix=_host_prefix()))
         for run_id, owner in rows:
             pid = int(owner.split(":")[1])
             if owner != self.worker_id and pid != os.getpid() and not _pid_alive(pid) and run_id not in self._tasks:
@@ -470,11 +471,11 @@ class Executor:
         while not self._stopping:
             await asyncio.sleep(interval)
             try:
-                async with self.db.session() as session:
-                    await store.renew_leases(session=session, worker_id=self.worker_id,
-                                             lease_seconds=self.lease_seconds)
-                    cancelled = await store.cancel_requested_ids(session=session, worker_id=self.worker_id)
-                    await session.commit()
+                def renew(session: Session) -> list[str]:
+                    store.renew_leases(session=session, worker_id=self.worker_id, lease_seconds=self.lease_seconds)
+                    return store.cancel_requested_ids(session=session, worker_id=self.worker_id)
+
+                cancelled = await self.db.run(renew)
                 for run_id in cancelled:
                     task = self._tasks.get(run_id)
                     if task is not None and run_id not in self._cancelling:

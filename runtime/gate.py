@@ -9,7 +9,8 @@
 4. execution: the connector's HTTP call, retried in the connector layer, carrying
    the deterministic ``Idempotency-Key`` (run, node, superstep, call position);
 5. audit: the decision and the call (request and response digests, no payloads,
-   no secrets) are appended to the audit chain with the call record, in one transaction.
+   no secrets) are appended to the audit chain with the call record, in one
+   transaction that is committed before the step goes on.
 """
 
 from __future__ import annotations
@@ -18,21 +19,17 @@ import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from langgraph.config import get_config
 from langgraph.types import interrupt
 from opentelemetry import trace
 
-from runtime import audit, store
+from runtime import audit
 from runtime.connectors.base import ActionSpec, end_call, start_call
 from runtime.errors import ApprovalRejected, PermissionDenied, StewardError
-from runtime.models import ConnectorCall
+from runtime.journal import Journal
 from runtime.telemetry import tracer
-
-if TYPE_CHECKING:
-    from runtime.db import Database
-    from runtime.models import Run
 
 APPROVAL = "steward.approval"
 
@@ -43,20 +40,17 @@ def idempotency_key(run_id: str, node_path: str, superstep: int, position: int) 
 
 
 class Gate:
-    """One run's gate; built by the executor for each invocation of the graph."""
+    """One run's gate; built by the executor for each execution of the graph."""
 
-    def __init__(
-        self, *, db: Database, run: Run, grants: frozenset[str], actor: str, step_span: Callable[[str, str], Any]
-    ) -> None:
-        self.db = db
-        self.run = run
+    def __init__(self, *, journal: Journal, grants: frozenset[str], step_span: Callable[[str, str], Any]) -> None:
+        self.journal = journal
+        self.run = journal.run
         self.grants = grants
-        self.actor = actor
         self._positions: defaultdict[str, int] = defaultdict(int)
         self._step_span = step_span
 
     def _task(self) -> tuple[str, str, int, str]:
-        """(task key, node path, superstep, node) of the LangGraph task calling right now."""
+        """(task namespace, node path, superstep, node) of the LangGraph task calling right now."""
         try:
             meta = get_config()["metadata"]
         except RuntimeError:
@@ -65,9 +59,12 @@ class Gate:
         node_path = "/".join(part.split(":")[0] for part in ns.split("|")) or meta["langgraph_node"]
         return ns, node_path, int(meta.get("langgraph_step", 0)), meta["langgraph_node"]
 
-    def _span_parent(self, task_ns: str, node: str) -> Any:
+    def _enter_step(self, task_ns: str, node: str) -> Any:
+        """The step's span as parent; the step's start is journaled if the executor has not seen it yet."""
         task_id = task_ns.split("|")[-1].partition(":")[2] or task_ns
-        return trace.set_span_in_context(self._step_span(task_id, node))
+        span = self._step_span(task_id, node)
+        self.journal.step_started(task_id=task_id, node=node, trace_id=format(span.get_span_context().trace_id, "032x"))
+        return trace.set_span_in_context(span)
 
     async def require_approval(self, *, action: str, arguments: dict[str, Any], reason: str) -> dict[str, Any]:
         """Pause until a person approves exactly ``arguments``; raise :class:`ApprovalRejected` on rejection.
@@ -75,7 +72,7 @@ class Gate:
         >>> await runtime.context.request_approval(action="pricing.bulk_change", arguments=changes,
         ...                                        reason="a price moves by more than 10 %")
         """
-        _, node_path, _, node = self._task()
+        _, _, _, node = self._task()
         arguments_hash = audit.digest({"action": action, "arguments": arguments})
         request = {
             "kind": APPROVAL,
@@ -120,32 +117,30 @@ class Gate:
             "position": position,
             "idempotency_key": key,
         }
-        parent = self._span_parent(task_ns, node)
+        journal = self.journal
+        parent = self._enter_step(task_ns, node)
         with tracer().start_as_current_span("steward.gate", context=parent, attributes=attrs) as span:
             if spec.scope not in self.grants:
                 span.set_attribute("steward.decision", "deny")
-                async with self.db.session() as session:
-                    await audit.append(session, kind="gate.decision", actor=self.actor, run=self.run,
-                                       data={**decision, "decision": "deny", "rule": "no grant"})
-                    await session.commit()
+                await journal.commit([journal.event("gate.decision", {**decision, "decision": "deny",
+                                                                      "rule": "no grant"})])
                 raise PermissionDenied(
                     f"workflow {self.run.workflow!r} may not call {spec.name}: scope {spec.scope!r} is not granted; "
                     f"add it to the workflow's grants"
                 )
             span.set_attribute("steward.decision", "allow")
+            allowed = {**decision, "decision": "allow", "rule": f"grant:{spec.scope}"}
             if spec.requires_approval:
                 await self.require_approval(
                     action=spec.name, arguments=arguments, reason=f"{spec.name} always requires approval"
                 )
 
-            async with self.db.session() as session:
-                recorded = await store.get_connector_call(session=session, key=key)
-                if recorded is not None:
-                    span.set_attribute("steward.replayed", True)
-                    await audit.append(session, kind="connector.replayed", actor=self.actor, run=self.run,
-                                       data={**decision, "response_digest": audit.digest(recorded.response)})
-                    await session.commit()
-                    return recorded.response
+            if key in journal.recorded:
+                span.set_attribute("steward.replayed", True)
+                response = journal.recorded[key]
+                await journal.commit([journal.event("connector.replayed",
+                                                    {**allowed, "response_digest": audit.digest(response)})])
+                return response
 
             request_digest = audit.digest(arguments)
             with tracer().start_as_current_span(f"steward.connector {spec.name}", attributes=attrs) as call_span:
@@ -155,28 +150,24 @@ class Gate:
                     response = await invoke()
                 except StewardError as exc:
                     call_span.set_attribute("steward.error", exc.code)
-                    async with self.db.session() as session:
-                        await audit.append(session, kind="connector.failed", actor=self.actor, run=self.run, data={
-                            **decision, "decision": "allow", "rule": f"grant:{spec.scope}",
-                            "request_digest": request_digest, "error": exc.code, "message": exc.message,
-                            "status": call.last_status, "attempts": call.attempts,
-                        })
-                        await session.commit()
+                    await journal.commit([journal.event("connector.failed", {
+                        **allowed, "request_digest": request_digest, "error": exc.code, "message": exc.message,
+                        "status": call.last_status, "attempts": call.attempts,
+                    })])
                     raise
                 finally:
                     end_call(token)
                 call_span.set_attribute("steward.attempts", call.attempts)
-            async with self.db.session() as session:
-                session.add(ConnectorCall(
-                    idempotency_key=key, run_id=self.run.id, node=node_path, superstep=superstep, position=position,
-                    action=spec.name, effect=spec.effect.value, request_digest=request_digest, response=response,
-                    attempts=call.attempts,
-                ))
-                await audit.append(session, kind="connector.call", actor=self.actor, run=self.run, data={
-                    **decision, "decision": "allow", "rule": f"grant:{spec.scope}",
-                    "request_digest": request_digest, "response_digest": audit.digest(response),
+            await journal.commit(
+                [journal.event("connector.call", {
+                    **allowed, "request_digest": request_digest, "response_digest": audit.digest(response),
                     "status": call.last_status, "attempts": call.attempts,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                })
-                await session.commit()
+                })],
+                ops=[journal.record_call({
+                    "idempotency_key": key, "run_id": self.run.id, "node": node_path, "superstep": superstep,
+                    "position": position, "action": spec.name, "effect": spec.effect.value,
+                    "request_digest": request_digest, "response": response, "attempts": call.attempts,
+                })],
+            )
             return response

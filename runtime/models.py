@@ -85,6 +85,7 @@ class Run(SQLModel, table=True):
     idempotency_key: str | None = Field(default=None, unique=True, max_length=300)
     trace_id: str | None = Field(default=None, max_length=32)
     cancel_requested: bool = False
+    executions: int = Field(default=0, description="How many times a worker has taken up the run")
     worker_id: str | None = Field(default=None, max_length=200)
     lease_expires_at: datetime | None = _ts_opt(index=True)
     created_at: datetime = _ts()

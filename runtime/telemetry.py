@@ -18,11 +18,34 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 
 from runtime.errors import StewardError
 
 _lock = threading.Lock()
 _configured = False
+
+
+class RecordWhenExporting(Sampler):
+    """Records spans only while some exporter will read them; otherwise spans are created
+    non-recording, which still carry the trace ids the audit trail stores, at a fraction of the cost."""
+
+    def __init__(self) -> None:
+        self.recording = False
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
+                      trace_state=None) -> SamplingResult:
+        parent = trace.get_current_span(parent_context).get_span_context()
+        state = parent.trace_state if parent.is_valid else None
+        if self.recording:
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, state)
+        return SamplingResult(Decision.DROP, None, state)
+
+    def get_description(self) -> str:
+        return "RecordWhenExporting"
+
+
+_sampler = RecordWhenExporting()
 
 
 class TelemetryConfigInvalid(StewardError):
@@ -53,15 +76,17 @@ def setup_tracing(extra: SpanExporter | None = None) -> None:
         provider = trace.get_tracer_provider()
         if not _configured:
             resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "steward")})
-            provider = TracerProvider(resource=resource)
+            provider = TracerProvider(resource=resource, sampler=_sampler)
             for exporter in _exporters():
                 provider.add_span_processor(BatchSpanProcessor(exporter))
+                _sampler.recording = True
             trace.set_tracer_provider(provider)
             _configured = True
         if extra is not None and isinstance(provider, TracerProvider):
             from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
             provider.add_span_processor(SimpleSpanProcessor(extra))
+            _sampler.recording = True
 
 
 def tracer() -> trace.Tracer:

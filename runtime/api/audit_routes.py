@@ -21,12 +21,11 @@ async def list_audit(
     after_seq: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> list[AuditEventPublic]:
-    async with steward.db.session() as session:
-        events = await store.list_audit(session=session, run_id=run_id, after_seq=after_seq, limit=limit)
+    events = await steward.db.run(
+        lambda s: store.list_audit(session=s, run_id=run_id, after_seq=after_seq, limit=limit))
     return [AuditEventPublic.model_validate(e) for e in events]
 
 
 @router.get("/verify", summary="Recompute the hash chain; name the first broken event")
 async def verify(steward: StewardDep, _: UserDep) -> dict[str, Any]:
-    async with steward.db.session() as session:
-        return (await audit.verify(session)).to_dict()
+    return (await steward.db.run(audit.verify)).to_dict()

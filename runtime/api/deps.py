@@ -24,8 +24,7 @@ async def current_user(
     if credentials is None:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
     steward = get_steward(request)
-    async with steward.db.session() as session:
-        return await store.authenticate(session=session, plain=credentials.credentials)
+    return await steward.db.run(lambda s: store.authenticate(session=s, plain=credentials.credentials))
 
 
 StewardDep = Annotated[Steward, Depends(get_steward)]

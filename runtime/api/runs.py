@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
+from sqlalchemy.orm import Session
 
 from runtime import store
 from runtime.api.deps import StewardDep, UserDep
@@ -40,17 +41,18 @@ async def list_runs(
     workflow: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[RunPublic]:
-    async with steward.db.session() as session:
-        runs = await store.list_runs(session=session, status=status, workflow=workflow, limit=limit)
+    runs = await steward.db.run(lambda s: store.list_runs(session=s, status=status, workflow=workflow, limit=limit))
     return [RunPublic.model_validate(r) for r in runs]
 
 
 async def run_detail(steward: StewardDep, run_id: str) -> RunDetail:
-    async with steward.db.session() as session:
-        run = await store.get_run(session=session, run_id=run_id)
-        steps = await store.list_steps(session=session, run_id=run_id)
-        pending = await store.list_approvals(session=session, run_id=run_id, status=ApprovalStatus.pending)
-    ids = [a.id for a in pending]
+    def read(session: Session) -> tuple[Any, Any, list[str]]:
+        run = store.get_run(session=session, run_id=run_id)
+        steps = store.list_steps(session=session, run_id=run_id)
+        pending = store.list_approvals(session=session, run_id=run_id, status=ApprovalStatus.pending)
+        return run, steps, [a.id for a in pending]
+
+    run, steps, ids = await steward.db.run(read)
     return RunDetail.model_validate({
         **RunPublic.model_validate(run).model_dump(),
         "input": run.input,

@@ -117,13 +117,17 @@ class RetryPolicy:
     max_wait: float = 30.0
     sleep: Sleep = field(default=asyncio.sleep, compare=False)
 
-    def wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
+    def delay(self, exc: BaseException | None, failed_attempts: int) -> float:
+        """Seconds to wait after ``failed_attempts`` failures, the last being ``exc``."""
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_wait)
-        ceiling = min(self.max_wait, self.initial_wait * 2 ** (state.attempt_number - 1))
+        ceiling = min(self.max_wait, self.initial_wait * 2 ** (failed_attempts - 1))
         return random.uniform(0, ceiling)  # full jitter
+
+    def wait_after_first(self, state: RetryCallState) -> float:
+        """tenacity's wait for the attempts after the first (which ran outside tenacity)."""
+        return self.delay(state.outcome.exception() if state.outcome else None, state.attempt_number + 1)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -194,19 +198,29 @@ class Connector:
         headers = {}
         if call is not None and call.idempotency_key and method.upper() != "GET":
             headers["Idempotency-Key"] = call.idempotency_key
+
+
+        async def attempt() -> Any:
+            if call is not None:
+                call.attempts += 1
+            return await self._send_once(method, path, json=json, params=params, headers=headers, call=call)
+
+        # The first attempt runs bare: most calls succeed, and setting up tenacity costs as much
+        # as a small request. Failures go on under tenacity with the same backoff schedule.
+        try:
+            return await attempt()
+        except StewardError as exc:
+            if not is_retryable(exc) or self.retry.attempts == 1:
+                raise
+            await self.retry.sleep(self.retry.delay(exc, 1))
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.retry.attempts),
-            wait=self.retry.wait,
+            stop=stop_after_attempt(self.retry.attempts - 1),
+            wait=self.retry.wait_after_first,
             retry=retry_if_exception(is_retryable),
             sleep=self.retry.sleep,
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                if call is not None:
-                    call.attempts += 1
-                return await self._send_once(method, path, json=json, params=params, headers=headers, call=call)
-        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+        return await retrying(attempt)
 
     async def _send_once(
         self, method: str, path: str, *, json: Any, params: Any, headers: dict[str, str], call: CallState | None

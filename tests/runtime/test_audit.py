@@ -18,13 +18,16 @@ PRICE_115 = {"items": [{"sku": "SKU-1001", "new_price": "115.00", "currency": "E
 async def make_history(steward: Steward) -> list[AuditEvent]:
     run, _ = await steward.executor.submit(workflow="price_change", input=PRICE_115, actor="alice")
     await steward.executor.drive(run.id)
-    async with steward.db.session() as session:
-        return list((await session.scalars(select(AuditEvent).order_by(AuditEvent.seq))).all())
+    return steward.db.transaction(lambda s: list(s.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all()))
+
+
+def tamper(steward: Steward, statement) -> None:
+    """What someone with write access to the database could do."""
+    steward.db.transaction(lambda s: s.execute(statement))
 
 
 async def verify(steward: Steward) -> audit.Verification:
-    async with steward.db.session() as session:
-        return await audit.verify(session)
+    return steward.db.transaction(audit.verify)
 
 
 async def test_a_real_history_verifies(steward: Steward) -> None:
@@ -43,17 +46,12 @@ async def test_changing_any_field_of_any_row_is_named(steward: Steward) -> None:
               "run_id": "someone-else", "trace_id": "0" * 32, "hash": "f" * 64, "prev_hash": "e" * 64}
     for i, (field, value) in enumerate(fields.items()):
         victim = events[(i * 3) % len(events)]
-        async with steward.db.session() as session:
-            original = (await session.get(AuditEvent, victim.seq)).model_dump()
-            await session.execute(update(AuditEvent).where(AuditEvent.seq == victim.seq).values({field: value}))
-            await session.commit()
+        original = steward.db.transaction(lambda s: s.get(AuditEvent, victim.seq).model_dump())
+        tamper(steward, update(AuditEvent).where(AuditEvent.seq == victim.seq).values({field: value}))
         result = await verify(steward)
         assert not result.ok
         assert result.broken_seq == victim.seq, (field, result)
-        async with steward.db.session() as session:
-            await session.execute(update(AuditEvent).where(AuditEvent.seq == victim.seq).values(
-                {field: original[field]}))
-            await session.commit()
+        tamper(steward, update(AuditEvent).where(AuditEvent.seq == victim.seq).values({field: original[field]}))
         assert (await verify(steward)).ok
 
 
@@ -62,10 +60,7 @@ async def test_a_recomputed_forgery_breaks_the_next_link(steward: Steward) -> No
     victim = events[2]
     victim.data = {"forged": True}
     victim.hash = audit.compute_hash(victim)
-    async with steward.db.session() as session:
-        await session.execute(update(AuditEvent).where(AuditEvent.seq == victim.seq).values(
-            data=victim.data, hash=victim.hash))
-        await session.commit()
+    tamper(steward, update(AuditEvent).where(AuditEvent.seq == victim.seq).values(data=victim.data, hash=victim.hash))
     result = await verify(steward)
     assert (result.ok, result.broken_seq) == (False, victim.seq + 1)
     assert "does not link" in result.reason
@@ -73,14 +68,10 @@ async def test_a_recomputed_forgery_breaks_the_next_link(steward: Steward) -> No
 
 async def test_deleted_rows_are_named(steward: Steward) -> None:
     events = await make_history(steward)
-    async with steward.db.session() as session:
-        await session.execute(delete(AuditEvent).where(AuditEvent.seq == 4))
-        await session.commit()
+    tamper(steward, delete(AuditEvent).where(AuditEvent.seq == 4))
     result = await verify(steward)
     assert (result.ok, result.broken_seq) == (False, 4)
-    async with steward.db.session() as session:
-        await session.execute(delete(AuditEvent).where(AuditEvent.seq >= 4))
-        await session.commit()
+    tamper(steward, delete(AuditEvent).where(AuditEvent.seq >= 4))
     result = await verify(steward)
     assert not result.ok and "head" in result.reason
 

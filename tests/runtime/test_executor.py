@@ -22,18 +22,16 @@ def price(sandbox, sku: str) -> str:
 
 
 async def pending(steward: Steward, run_id: str) -> list[Any]:
-    async with steward.db.session() as session:
-        return list(await store.list_approvals(session=session, run_id=run_id, status=ApprovalStatus.pending))
+    return list(await steward.db.run(
+        lambda s: store.list_approvals(session=s, run_id=run_id, status=ApprovalStatus.pending)))
 
 
 async def events(steward: Steward, run_id: str) -> list[str]:
-    async with steward.db.session() as session:
-        return [e.kind for e in await store.list_audit(session=session, run_id=run_id)]
+    return [e.kind for e in await steward.db.run(lambda s: store.list_audit(session=s, run_id=run_id))]
 
 
 async def chain_ok(steward: Steward) -> bool:
-    async with steward.db.session() as session:
-        return (await audit.verify(session)).ok
+    return (await steward.db.run(audit.verify)).ok
 
 
 async def test_large_price_change_waits_for_approval_then_applies(steward: Steward, sandbox) -> None:
@@ -129,8 +127,8 @@ async def test_scope_not_granted_is_denied_and_audited(open_custom, sandbox) -> 
         assert run.status == RunStatus.failed
         assert run.error["code"] == "permission_denied"
         assert "pricing.prices.write" in run.error["message"]
-        async with steward.db.session() as session:
-            [denial] = [e for e in await store.list_audit(session=session, run_id=run.id) if e.kind == "gate.decision"]
+        trail = await steward.db.run(lambda s: store.list_audit(session=s, run_id=run.id))
+        [denial] = [e for e in trail if e.kind == "gate.decision"]
         assert denial.data["decision"] == "deny" and denial.data["action"] == "pricing.set_price"
     assert price(sandbox, "SKU-1001") == "100.00"
 
@@ -189,30 +187,29 @@ async def test_approval_is_bound_to_the_exact_arguments(open_custom) -> None:
 async def test_crash_after_external_write_before_record_writes_once(steward: Steward, sandbox, monkeypatch) -> None:
     """The write reached the system but the process died before recording it: the retry sends
     the same Idempotency-Key and the system does not apply it twice."""
-    from runtime import gate as gate_module
-
-    real_call = gate_module.ConnectorCall
+    from runtime.journal import Journal
 
     class Crash(BaseException):
         pass
 
-    def dying_record(**kwargs):
-        if kwargs["effect"] == "write":
+    real_record = Journal.record_call
+
+    def dying_record(self, row):
+        if row["effect"] == "write":
             raise Crash()
-        return real_call(**kwargs)
+        return real_record(self, row)
 
     run, _ = await steward.executor.submit(workflow="price_change", input=PRICE_105, actor="alice")
-    monkeypatch.setattr(gate_module, "ConnectorCall", dying_record)
+    monkeypatch.setattr(Journal, "record_call", dying_record)
     with pytest.raises(Crash):
         await steward.executor.drive(run.id)
-    monkeypatch.setattr(gate_module, "ConnectorCall", real_call)
+    monkeypatch.setattr(Journal, "record_call", real_record)
     steward.executor.worker_id = "elsewhere:1:x"  # a different worker, after the lease ran out
-    async with steward.db.session() as session:
-        from sqlalchemy import update
+    from sqlalchemy import update
 
-        from runtime.models import Run, utcnow
-        await session.execute(update(Run).where(Run.id == run.id).values(lease_expires_at=utcnow()))
-        await session.commit()
+    from runtime.models import Run, utcnow
+
+    await steward.db.run(lambda s: s.execute(update(Run).where(Run.id == run.id).values(lease_expires_at=utcnow())))
     run = await steward.executor.drive(run.id)
     assert run.status == RunStatus.succeeded
     assert list(sandbox.state.sandbox.writes.values()) == [1]
@@ -252,8 +249,7 @@ async def test_background_executor_picks_up_queued_runs(steward: Steward, sandbo
     await steward.executor.start()
     run, _ = await steward.executor.submit(workflow="price_change", input=PRICE_105, actor="alice")
     for _ in range(200):
-        async with steward.db.session() as session:
-            run = await store.get_run(session=session, run_id=run.id)
+        run = await steward.db.run(lambda s: store.get_run(session=s, run_id=run.id))
         if run.status.finished:
             break
         await asyncio.sleep(0.05)

@@ -23,6 +23,5 @@ async def test_spans_and_audit_share_the_run_trace(steward: Steward) -> None:
         assert span.attributes["steward.workflow"] == "price_change"
         assert span.attributes["steward.version"] == "1.0.0"
         assert format(span.context.trace_id, "032x") == run.trace_id
-    async with steward.db.session() as session:
-        events = await store.list_audit(session=session, run_id=run.id)
+    events = steward.db.transaction(lambda s: store.list_audit(session=s, run_id=run.id))
     assert {e.trace_id for e in events} == {run.trace_id}

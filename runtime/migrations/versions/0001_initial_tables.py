@@ -65,6 +65,7 @@ def upgrade() -> None:
     sa.Column('idempotency_key', sqlmodel.sql.sqltypes.AutoString(length=300), nullable=True),
     sa.Column('trace_id', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
     sa.Column('cancel_requested', sa.Boolean(), nullable=False),
+    sa.Column('executions', sa.Integer(), nullable=False),
     sa.Column('worker_id', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
     sa.Column('lease_expires_at', sa.DateTime(), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),

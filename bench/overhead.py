@@ -1,0 +1,190 @@
+"""Steward's per-step overhead against raw LangGraph, measured in one process on one machine.
+
+The same 10-step graph (one connector call per step, against an in-process fake
+HTTP transport) runs N times as plain LangGraph and N times as a Steward-governed
+run (gate, idempotency record, audit chain, step records, spans). Both use the
+same checkpointer kind on the same database kind with ``durability="sync"``.
+Prints a table and writes ``bench/results/overhead.json``; the ratio is what matters.
+
+    python bench/overhead.py [--runs N] [--database sqlite|postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, TypedDict
+
+import httpx
+from langgraph.graph import END, START, StateGraph
+from pydantic import BaseModel
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from runtime import Connector, Effect, Owner, RetryPolicy, StepContext, Workflow, action  # noqa: E402
+from runtime.checkpoint import open_checkpointer  # noqa: E402
+from runtime.db import Database  # noqa: E402
+from runtime.executor import Executor  # noqa: E402
+from runtime.models import RunStatus  # noqa: E402
+from runtime.sdk import Registry  # noqa: E402
+from runtime.telemetry import setup_tracing  # noqa: E402
+
+STEPS = 10
+
+
+def fake_transport() -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(201, json={"id": uuid.uuid4().hex, "key": request.headers.get("Idempotency-Key")})
+
+    return httpx.MockTransport(handler)
+
+
+class State(TypedDict, total=False):
+    n: int
+    ids: list[str]
+
+
+class BenchConnector(Connector):
+    name = "bench"
+
+    @action(scope="bench.items.write", effect=Effect.write)
+    async def create_item(self, *, step: int) -> dict[str, Any]:
+        return await self.request("POST", "/items", json={"step": step})
+
+
+def graph(node_factory) -> StateGraph:
+    g = StateGraph(State, context_schema=StepContext)
+    names = [f"step_{i}" for i in range(STEPS)]
+    for i, name in enumerate(names):
+        g.add_node(name, node_factory(i))
+    g.add_edge(START, names[0])
+    for a, b in zip(names, names[1:]):
+        g.add_edge(a, b)
+    g.add_edge(names[-1], END)
+    return g
+
+
+def raw_graph(client: httpx.AsyncClient) -> StateGraph:
+    def factory(i: int):
+        async def node(state: State) -> State:
+            response = await client.post("/items", json={"step": i}, headers={"Idempotency-Key": f"{i}"})
+            return {"n": state.get("n", 0) + 1, "ids": [*state.get("ids", []), response.json()["id"]]}
+        return node
+
+    g = StateGraph(State)
+    names = [f"step_{i}" for i in range(STEPS)]
+    for i, name in enumerate(names):
+        g.add_node(name, factory(i))
+    g.add_edge(START, names[0])
+    for a, b in zip(names, names[1:]):
+        g.add_edge(a, b)
+    g.add_edge(names[-1], END)
+    return g
+
+
+def governed_graph() -> StateGraph:
+    def factory(i: int):
+        async def node(state: State, runtime) -> State:
+            item = await runtime.context.bench.create_item(step=i)
+            return {"n": state.get("n", 0) + 1, "ids": [*state.get("ids", []), item["id"]]}
+        return node
+
+    return graph(factory)
+
+
+class Empty(BaseModel):
+    pass
+
+
+WORKFLOW = Workflow(name="bench_ten_steps", version="1.0.0", owner=Owner(name="Bench Owner", email="bench@example.com"),
+                    description="ten gated writes", input_model=Empty, build=governed_graph,
+                    grants={"bench.items.write"})
+
+
+async def measure(database_url: str, runs: int, warmup: int) -> dict[str, list[float]]:
+    setup_tracing()
+    db = Database(database_url)
+    db.upgrade()
+    client = httpx.AsyncClient(base_url="http://bench", transport=fake_transport())
+    connector = BenchConnector(base_url="http://bench", token="t", transport=fake_transport(),
+                               retry=RetryPolicy(attempts=3))
+    results: dict[str, list[float]] = {"raw": [], "steward": []}
+    async with open_checkpointer(db) as saver:
+        raw = raw_graph(client).compile(checkpointer=saver)
+        executor = Executor(db=db, registry=Registry([WORKFLOW]), connectors={"bench": connector}, checkpointer=saver)
+        for i in range(warmup + runs):
+            # alternate so drift (cache, disk) hits both sides alike
+            started = time.perf_counter()
+            out = await raw.ainvoke({"n": 0, "ids": []}, {"configurable": {"thread_id": uuid.uuid4().hex}},
+                                    durability="sync")
+            raw_seconds = time.perf_counter() - started
+            assert out["n"] == STEPS
+
+            started = time.perf_counter()
+            run, _ = await executor.submit(workflow=WORKFLOW.name, input={}, actor="bench")
+            run = await executor.drive(run.id)
+            steward_seconds = time.perf_counter() - started
+            assert run.status == RunStatus.succeeded, run.error
+            if i >= warmup:
+                results["raw"].append(raw_seconds / STEPS)
+                results["steward"].append(steward_seconds / STEPS)
+    await client.aclose()
+    await connector.aclose()
+    await db.dispose()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.database == "sqlite":
+            url = f"sqlite:///{tmp}/bench.db"
+        else:
+            url = os.environ.get("STEWARD_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+        results = asyncio.run(measure(url, args.runs, args.warmup))
+
+    raw_ms = statistics.median(results["raw"]) * 1000
+    steward_ms = statistics.median(results["steward"]) * 1000
+    ratio = steward_ms / raw_ms
+    print(f"{'':<22}{'median per step':>18}{'p90 per step':>16}")
+    for name, values in results.items():
+        p90 = statistics.quantiles(values, n=10)[-1] * 1000
+        print(f"{name:<22}{statistics.median(values) * 1000:>15.3f} ms{p90:>13.3f} ms")
+    print(f"{'ratio steward/raw':<22}{ratio:>18.2f}   (target <= 1.5)")
+    report = {
+        "benchmark": "overhead",
+        "steps_per_run": STEPS,
+        "runs": args.runs,
+        "database": args.database,
+        "durability": "sync",
+        "raw_langgraph_median_step_ms": round(raw_ms, 4),
+        "steward_median_step_ms": round(steward_ms, 4),
+        "ratio": round(ratio, 3),
+        "target_ratio": 1.5,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+    out = ROOT / "bench" / "results" / "overhead.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
