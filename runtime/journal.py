@@ -25,10 +25,10 @@ from runtime.models import Run, StepStatus, utcnow
 
 CursorOp = Callable[[Any], Any]
 
-_INSERT_STEP = ("INSERT INTO run_steps (run_id, task_id, node, superstep, status, error, started_at, finished_at)"
-                " VALUES (?, ?, ?, ?, ?, {json}, ?, ?)")
-_UPDATE_STEP = ("UPDATE run_steps SET status = ?, error = {json}, started_at = COALESCE(?, started_at),"
-                " finished_at = ? WHERE run_id = ? AND task_id = ?")
+_UPSERT_STEP = ("INSERT INTO run_steps (run_id, task_id, node, status, error, started_at, finished_at)"
+                " VALUES (?, ?, ?, ?, {json}, ?, ?) ON CONFLICT (run_id, task_id) DO UPDATE SET"
+                " status = excluded.status, error = excluded.error, finished_at = excluded.finished_at")
+_RESTART_STEP = _UPSERT_STEP + ", started_at = excluded.started_at"
 _INSERT_CALL = ("INSERT INTO connector_calls (idempotency_key, run_id, node, superstep, position, action, effect,"
                 " request_digest, response, attempts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, {json}, ?, ?)")
 
@@ -44,7 +44,6 @@ class Journal:
         self.actor = actor
         self.recorded = recorded
         self._raw = db.raw
-        self._known_steps = set(steps)  # task ids that already have a row (from an earlier execution)
         self._open = {task_id: node for task_id, (node, status) in steps.items() if status == StepStatus.running.name}
         self._ops: list[CursorOp] = []
         self._events: list[dict[str, Any]] = []
@@ -57,24 +56,20 @@ class Journal:
     def defer(self, event: dict[str, Any]) -> None:
         self._events.append(event)
 
-    def _save_step(self, task_id: str, node: str, status: StepStatus, *, started_at: datetime | None,
-                   finished_at: datetime | None, error: dict[str, Any] | None) -> CursorOp:
-        raw, run_id = self._raw, self.run.id
-        if task_id in self._known_steps:
-            params = (status.name, raw.json(error), raw.time(started_at), raw.time(finished_at), run_id, task_id)
-            return lambda cursor: cursor.execute(raw.sql(_UPDATE_STEP), params)
-        self._known_steps.add(task_id)
-        params = (run_id, task_id, node, 0, status.name, raw.json(error), raw.time(started_at or utcnow()),
-                  raw.time(finished_at))
-        return lambda cursor: cursor.execute(raw.sql(_INSERT_STEP), params)
+    def _save_step(self, task_id: str, node: str, status: StepStatus, *, finished_at: datetime | None,
+                   error: dict[str, Any] | None) -> CursorOp:
+        """One row per task: a re-executed task (after a resume) starts its row over."""
+        raw = self._raw
+        statement = raw.sql(_RESTART_STEP if status is StepStatus.running else _UPSERT_STEP)
+        params = (self.run.id, task_id, node, status.name, raw.json(error), raw.time(utcnow()), raw.time(finished_at))
+        return lambda cursor: cursor.execute(statement, params)
 
     def step_started(self, *, task_id: str, node: str, trace_id: str | None) -> None:
         """Note that a task began (idempotent: the executor and the gate may both see it first)."""
         if task_id in self._started:
             return
         self._started.add(task_id)
-        self._ops.append(self._save_step(task_id, node, StepStatus.running, started_at=utcnow(), finished_at=None,
-                                         error=None))
+        self._ops.append(self._save_step(task_id, node, StepStatus.running, finished_at=None, error=None))
         self.defer(self.event("step.started", {"node": node, "task_id": task_id}, trace_id=trace_id))
 
     def step_finished(self, *, task_id: str, node: str, status: StepStatus, error: dict[str, Any] | None,
@@ -82,7 +77,7 @@ class Journal:
         """Note that a task ended; written with the run's next transaction (see :meth:`recover_steps`)."""
         self._started.discard(task_id)
         self._open.pop(task_id, None)
-        self._ops.append(self._save_step(task_id, node, status, started_at=None, finished_at=utcnow(), error=error))
+        self._ops.append(self._save_step(task_id, node, status, finished_at=utcnow(), error=error))
         data = {"node": node, "task_id": task_id, "status": status.value, "error": error}
         if recovered:
             data["recovered"] = True

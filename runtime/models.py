@@ -110,7 +110,6 @@ class RunStep(SQLModel, table=True):
     run_id: str = Field(foreign_key="runs.id", index=True, max_length=32)
     task_id: str = Field(max_length=64)
     node: str = Field(max_length=200)
-    superstep: int
     status: StepStatus = Field(default=StepStatus.running, max_length=20)
     error: dict[str, Any] | None = _json()
     started_at: datetime = _ts()

@@ -81,7 +81,7 @@ def claim_run(
         .values(status=RunStatus.running, worker_id=worker_id, lease_expires_at=now + timedelta(seconds=lease_seconds),
                 updated_at=now, executions=Run.executions + 1)
         .returning(Run)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False, populate_existing=True)
     )
     return session.scalars(statement).first()
 

@@ -39,8 +39,9 @@ def test_killed_worker_run_is_finished_by_a_restarted_server_without_duplicate_w
     assert writes["total"] == 1, "the first write happened before the kill"
 
     port = free_port()
-    server = subprocess.Popen([*STEWARD, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server_log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen([*STEWARD, "serve", "--port", str(port)], env=env, stdout=server_log,
+                              stderr=server_log)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for_http(f"{base}/healthz")
@@ -51,7 +52,7 @@ def test_killed_worker_run_is_finished_by_a_restarted_server_without_duplicate_w
             if run["status"] not in ("queued", "running") or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        assert run["status"] == "succeeded", run
+        assert run["status"] == "succeeded", (run, (tmp_path / "server.log").read_text()[-3000:])
         detail = httpx.get(f"{base}/api/v1/runs/{run['id']}", headers=auth).json()
         assert detail["output"] == {"first": "111.00", "second": "122.00"}
         trail = httpx.get(f"{base}/api/v1/audit", params={"run_id": run["id"]}, headers=auth).json()
@@ -64,6 +65,7 @@ def test_killed_worker_run_is_finished_by_a_restarted_server_without_duplicate_w
     finally:
         server.terminate()
         server.wait(timeout=20)
+        server_log.close()
 
     writes = httpx.get(f"{sandbox_process}/_writes").json()
     assert writes["total"] == 2 and set(writes["writes"].values()) == {1}, writes

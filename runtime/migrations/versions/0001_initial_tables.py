@@ -127,7 +127,6 @@ def upgrade() -> None:
     sa.Column('run_id', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
     sa.Column('task_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('node', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('superstep', sa.Integer(), nullable=False),
     sa.Column('status', sa.Enum('running', 'succeeded', 'failed', 'interrupted', name='stepstatus'), nullable=False),
     sa.Column('error', sa.JSON(), nullable=True),
     sa.Column('started_at', sa.DateTime(), nullable=False),
