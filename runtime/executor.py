@@ -231,7 +231,9 @@ class Executor:
             return run, Journal(
                 db=self.db, run=run, actor=SYSTEM,
                 recorded={} if fresh else store.recorded_responses(session=session, run_id=run_id),
-                steps={} if fresh else store.step_states(session=session, run_id=run_id),
+                open_steps={} if fresh else {step.task_id: step.node
+                                             for step in store.list_steps(session=session, run_id=run_id)
+                                             if step.status is StepStatus.running},
             )
 
         run, journal = await self.db.run(claim)
@@ -279,10 +281,13 @@ class Executor:
         config = {"configurable": {"thread_id": run.id}}
         attrs = {"steward.run_id": run.id, "steward.workflow": run.workflow, "steward.version": run.version}
         with tracer().start_as_current_span("steward.run", context=_run_parent(run), attributes=attrs) as run_span:
-            snapshot = await graph.aget_state(config)
+            # A run taken up for the first time has no checkpoint yet; any later execution resumes one.
+            snapshot = None if run.executions == 1 else await graph.aget_state(config)
             graph_input: Any = None
             kind, stream = "run.resumed", True
-            if snapshot.interrupts:
+            if snapshot is None:
+                graph_input, kind = run.input, "run.started"
+            elif snapshot.interrupts:
                 resume = await self.db.run(lambda s: self._decisions(s, run, snapshot.interrupts, journal))
                 if resume is None:
                     return await self._current(run.id)
@@ -292,7 +297,7 @@ class Executor:
             elif not snapshot.next:
                 graph_input, kind = run.input, "run.started"
             journal.defer(journal.event(kind, {"worker": self.worker_id}))
-            if kind == "run.resumed":
+            if snapshot is not None and kind == "run.resumed":
                 journal.recover_steps({task.id for task in snapshot.tasks})
 
             spans: dict[str, trace.Span] = {}
@@ -307,11 +312,15 @@ class Executor:
             gate = Gate(journal=journal, grants=wf.grants, step_span=step_span)
             context = StepContext(run_id=run.id, workflow=run.workflow, version=run.version, gate=gate,
                                   connectors=self.connectors)
+            values, interrupted = None, not stream
             try:
                 if stream:
-                    async for event in graph.astream(graph_input, config, context=context, stream_mode="tasks",
-                                                     durability="sync"):
-                        self._record_task(journal, event, step_span, spans)
+                    async for mode, chunk in graph.astream(graph_input, config, context=context,
+                                                           stream_mode=["tasks", "values"], durability="sync"):
+                        if mode == "values":
+                            values = chunk
+                        else:
+                            interrupted = self._record_task(journal, chunk, step_span, spans) or interrupted
             except ApprovalRejected as exc:
                 return await self._end(journal, RunStatus.rejected, error=exc.to_dict())
             except Exception as exc:  # a node raised: the run fails with the reason
@@ -322,12 +331,13 @@ class Executor:
                 for span in spans.values():
                     span.end()
 
-            snapshot = await graph.aget_state(config)
-            if snapshot.interrupts:
-                await self.db.run(lambda s: self._decisions(s, run, snapshot.interrupts, journal))
-                return await self._current(run.id)
-            return await self._end(journal, RunStatus.succeeded,
-                                   output=to_jsonable_python(snapshot.values, fallback=str))
+            if interrupted or values is None:
+                snapshot = await graph.aget_state(config)
+                if snapshot.interrupts:
+                    await self.db.run(lambda s: self._decisions(s, run, snapshot.interrupts, journal))
+                    return await self._current(run.id)
+                values = snapshot.values
+            return await self._end(journal, RunStatus.succeeded, output=to_jsonable_python(values, fallback=str))
 
     async def _end(self, journal: Journal, status: RunStatus, *, error: dict | None = None, output: Any = None) -> Run:
         def end(session: Session) -> Run:
@@ -339,12 +349,13 @@ class Executor:
     async def _current(self, run_id: str) -> Run:
         return await self.db.run(lambda s: store.get_run(session=s, run_id=run_id))
 
-    def _record_task(self, journal: Journal, event: dict[str, Any], step_span: Any, spans: dict) -> None:
+    def _record_task(self, journal: Journal, event: dict[str, Any], step_span: Any, spans: dict) -> bool:
+        """Journal a task's start or end; True when the task ended waiting for a person."""
         task_id, node = event["id"], event["name"]
         if "input" in event:  # the task starts; written with the step's first transaction
             span = step_span(task_id, node)
             journal.step_started(task_id=task_id, node=node, trace_id=format(span.get_span_context().trace_id, "032x"))
-            return
+            return False
         if event.get("interrupts"):
             status, error = StepStatus.interrupted, None
         elif event.get("error"):
@@ -356,6 +367,7 @@ class Executor:
             span.set_attribute("steward.step_status", status.value)
             span.end()
         journal.step_finished(task_id=task_id, node=node, status=status, error=error)
+        return status is StepStatus.interrupted
 
     def _decisions(self, session: Session, run: Run, interrupts: Any, journal: Journal) -> dict[str, Any] | None:
         """Resume values for every open interrupt, or None after opening the approval requests still needed."""
@@ -397,15 +409,9 @@ class Executor:
         self, session: Session, run_id: str, status: RunStatus, *, actor: str, error: dict | None = None,
         output: Any = None,
     ) -> Run:
-        run = store.get_run(session=session, run_id=run_id)
-        now = utcnow()
-        run.status, run.error, run.updated_at, run.finished_at = status, error, now, now
-        run.worker_id, run.lease_expires_at = None, None
-        if output is not None:
-            run.output = output
+        run = store.finish_run(session=session, run_id=run_id, status=status, error=error, output=output)
         audit.append(session, kind=f"run.{status.value}", actor=actor, run=run,
                      data={"error": error} if error else {"output_digest": audit.digest(output)})
-        session.flush()
         return run
 
     # -- the background loop -------------------------------------------------------------

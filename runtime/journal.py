@@ -1,7 +1,8 @@
 """One execution's writes, batched into as few transactions as durability allows.
 
-Events that describe no external effect (``run.started``, ``step.started``,
-``step.finished``) wait in memory and are written with the next transaction of
+A run's steps are its ``step.started`` / ``step.finished`` audit events (the
+API folds them into steps). Events that describe no external effect (``run.started``,
+``step.started``, ``step.finished``) wait in memory and are written with the next transaction of
 the same run: a connector call's record, a pause for approval, the run's end.
 Everything with an external effect is written before the step goes on. After a
 crash, a step that began but whose end was never written is reconciled against
@@ -14,7 +15,6 @@ directly (see :class:`runtime.db.RawSql`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -25,10 +25,6 @@ from runtime.models import Run, StepStatus, utcnow
 
 CursorOp = Callable[[Any], Any]
 
-_UPSERT_STEP = ("INSERT INTO run_steps (run_id, task_id, node, status, error, started_at, finished_at)"
-                " VALUES (?, ?, ?, ?, {json}, ?, ?) ON CONFLICT (run_id, task_id) DO UPDATE SET"
-                " status = excluded.status, error = excluded.error, finished_at = excluded.finished_at")
-_RESTART_STEP = _UPSERT_STEP + ", started_at = excluded.started_at"
 _INSERT_CALL = ("INSERT INTO connector_calls (idempotency_key, run_id, node, superstep, position, action, effect,"
                 " request_digest, response, attempts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, {json}, ?, ?)")
 
@@ -37,14 +33,14 @@ class Journal:
     """The write path of one execution of one run."""
 
     def __init__(
-        self, *, db: Database, run: Run, actor: str, recorded: dict[str, Any], steps: dict[str, tuple[str, str]]
+        self, *, db: Database, run: Run, actor: str, recorded: dict[str, Any], open_steps: dict[str, str]
     ) -> None:
         self.db = db
         self.run = run
         self.actor = actor
         self.recorded = recorded
         self._raw = db.raw
-        self._open = {task_id: node for task_id, (node, status) in steps.items() if status == StepStatus.running.name}
+        self._open = dict(open_steps)  # task id -> node: began in an earlier execution, end never written
         self._ops: list[CursorOp] = []
         self._events: list[dict[str, Any]] = []
         self._started: set[str] = set()
@@ -56,20 +52,11 @@ class Journal:
     def defer(self, event: dict[str, Any]) -> None:
         self._events.append(event)
 
-    def _save_step(self, task_id: str, node: str, status: StepStatus, *, finished_at: datetime | None,
-                   error: dict[str, Any] | None) -> CursorOp:
-        """One row per task: a re-executed task (after a resume) starts its row over."""
-        raw = self._raw
-        statement = raw.sql(_RESTART_STEP if status is StepStatus.running else _UPSERT_STEP)
-        params = (self.run.id, task_id, node, status.name, raw.json(error), raw.time(utcnow()), raw.time(finished_at))
-        return lambda cursor: cursor.execute(statement, params)
-
     def step_started(self, *, task_id: str, node: str, trace_id: str | None) -> None:
         """Note that a task began (idempotent: the executor and the gate may both see it first)."""
         if task_id in self._started:
             return
         self._started.add(task_id)
-        self._ops.append(self._save_step(task_id, node, StepStatus.running, finished_at=None, error=None))
         self.defer(self.event("step.started", {"node": node, "task_id": task_id}, trace_id=trace_id))
 
     def step_finished(self, *, task_id: str, node: str, status: StepStatus, error: dict[str, Any] | None,
@@ -77,7 +64,6 @@ class Journal:
         """Note that a task ended; written with the run's next transaction (see :meth:`recover_steps`)."""
         self._started.discard(task_id)
         self._open.pop(task_id, None)
-        self._ops.append(self._save_step(task_id, node, status, finished_at=utcnow(), error=error))
         data = {"node": node, "task_id": task_id, "status": status.value, "error": error}
         if recovered:
             data["recovered"] = True

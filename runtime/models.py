@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import enum
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, TypeDecorator, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, TypeDecorator
 from sqlmodel import Field, SQLModel
 
 
@@ -100,20 +101,16 @@ class StepStatus(str, enum.Enum):
     interrupted = "interrupted"
 
 
-class RunStep(SQLModel, table=True):
-    """One execution of one graph node (a LangGraph task) within a run."""
+@dataclass
+class RunStep:
+    """One execution of one graph node (a LangGraph task), folded from the run's audit events."""
 
-    __tablename__ = "run_steps"
-    __table_args__ = (UniqueConstraint("run_id", "task_id"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    run_id: str = Field(foreign_key="runs.id", index=True, max_length=32)
-    task_id: str = Field(max_length=64)
-    node: str = Field(max_length=200)
-    status: StepStatus = Field(default=StepStatus.running, max_length=20)
-    error: dict[str, Any] | None = _json()
-    started_at: datetime = _ts()
-    finished_at: datetime | None = _ts_opt()
+    task_id: str
+    node: str
+    status: StepStatus
+    started_at: datetime
+    finished_at: datetime | None = None
+    error: dict[str, Any] | None = None
 
 
 class ApprovalStatus(str, enum.Enum):

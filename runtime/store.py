@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from runtime.errors import ApprovalNotFound, RunNotFound, Unauthorized
@@ -24,6 +24,7 @@ from runtime.models import (
     Run,
     RunStatus,
     RunStep,
+    StepStatus,
     utcnow,
 )
 
@@ -50,19 +51,50 @@ def find_run_by_idempotency_key(*, session: Session, key: str) -> Run | None:
     return session.scalars(select(Run).where(Run.idempotency_key == key)).first()
 
 
-def list_steps(*, session: Session, run_id: str) -> Sequence[RunStep]:
-    return session.scalars(select(RunStep).where(RunStep.run_id == run_id).order_by(RunStep.id)).all()
+STEP_EVENTS = ("step.started", "step.finished")
 
 
-def step_states(*, session: Session, run_id: str) -> dict[str, tuple[str, str]]:
-    """task id -> (node, status name) for every recorded step of a run."""
-    query = select(RunStep.task_id, RunStep.node, RunStep.status).where(RunStep.run_id == run_id)
-    return {task_id: (node, status.name) for task_id, node, status in session.execute(query).all()}
+def list_steps(*, session: Session, run_id: str) -> list[RunStep]:
+    """A run's steps in the order they started, folded from its ``step.*`` audit events."""
+    query = (
+        select(AuditEvent.kind, AuditEvent.created_at, AuditEvent.data)
+        .where(AuditEvent.run_id == run_id, AuditEvent.kind.in_(STEP_EVENTS))
+        .order_by(AuditEvent.seq)
+    )
+    steps: dict[str, RunStep] = {}
+    for kind, created_at, data in session.execute(query).all():
+        at = datetime.fromisoformat(created_at)
+        if kind == "step.started":  # a re-executed task (after a resume) starts its step over
+            steps.pop(data["task_id"], None)
+            steps[data["task_id"]] = RunStep(task_id=data["task_id"], node=data["node"], status=StepStatus.running,
+                                             started_at=at)
+        elif data["task_id"] in steps:
+            step = steps[data["task_id"]]
+            step.status, step.finished_at, step.error = StepStatus(data["status"]), at, data.get("error")
+    return list(steps.values())
 
 
-def get_step(*, session: Session, run_id: str, task_id: str) -> RunStep | None:
-    query = select(RunStep).where(RunStep.run_id == run_id, RunStep.task_id == task_id)
-    return session.scalars(query).first()
+_RUNS = Run.__table__
+_TAKEABLE = or_(
+    _RUNS.c.status == RunStatus.queued,
+    and_(_RUNS.c.status == RunStatus.running, _RUNS.c.lease_expires_at < bindparam("now")),
+    and_(_RUNS.c.status == RunStatus.running, _RUNS.c.worker_id == bindparam("force_from")),
+)
+# Built once: claiming and finishing run for every run, and composing a statement costs more than running it.
+_CLAIM = (
+    update(_RUNS)
+    .where(_RUNS.c.id == bindparam("run_id"), _TAKEABLE)
+    .values(status=RunStatus.running, worker_id=bindparam("worker_id"), lease_expires_at=bindparam("lease"),
+            updated_at=bindparam("now"), executions=_RUNS.c.executions + 1)
+    .returning(*_RUNS.c)
+)
+_FINISH = (
+    update(_RUNS)
+    .where(_RUNS.c.id == bindparam("run_id"))
+    .values(status=bindparam("status"), error=bindparam("error"), output=bindparam("output"),
+            updated_at=bindparam("now"), finished_at=bindparam("now"), worker_id=None, lease_expires_at=None)
+    .returning(*_RUNS.c)
+)
 
 
 def claim_run(
@@ -72,18 +104,23 @@ def claim_run(
 
     Returns the claimed run, or None when it is not there to take."""
     now = utcnow()
-    takeable = [Run.status == RunStatus.queued, (Run.status == RunStatus.running) & (Run.lease_expires_at < now)]
-    if force_from is not None:
-        takeable.append((Run.status == RunStatus.running) & (Run.worker_id == force_from))
-    statement = (
-        update(Run)
-        .where(Run.id == run_id, or_(*takeable))
-        .values(status=RunStatus.running, worker_id=worker_id, lease_expires_at=now + timedelta(seconds=lease_seconds),
-                updated_at=now, executions=Run.executions + 1)
-        .returning(Run)
-        .execution_options(synchronize_session=False, populate_existing=True)
-    )
-    return session.scalars(statement).first()
+    row = session.connection().execute(_CLAIM, {
+        "run_id": run_id, "now": now, "force_from": force_from, "worker_id": worker_id,
+        "lease": now + timedelta(seconds=lease_seconds),
+    }).first()
+    return None if row is None else Run(**row._mapping)
+
+
+def finish_run(
+    *, session: Session, run_id: str, status: RunStatus, error: dict[str, Any] | None, output: Any
+) -> Run:
+    """Record a run's end (its output kept when ``output`` is None)."""
+    if output is None:
+        output = session.connection().execute(select(_RUNS.c.output).where(_RUNS.c.id == run_id)).scalar()
+    row = session.connection().execute(_FINISH, {
+        "run_id": run_id, "status": status, "error": error, "output": output, "now": utcnow(),
+    }).one()
+    return Run(**row._mapping)
 
 
 def renew_leases(*, session: Session, worker_id: str, lease_seconds: float) -> None:

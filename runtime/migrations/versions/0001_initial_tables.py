@@ -122,29 +122,9 @@ def upgrade() -> None:
     with op.batch_alter_table('connector_calls', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_connector_calls_run_id'), ['run_id'], unique=False)
 
-    op.create_table('run_steps',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('run_id', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-    sa.Column('task_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('node', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('status', sa.Enum('running', 'succeeded', 'failed', 'interrupted', name='stepstatus'), nullable=False),
-    sa.Column('error', sa.JSON(), nullable=True),
-    sa.Column('started_at', sa.DateTime(), nullable=False),
-    sa.Column('finished_at', sa.DateTime(), nullable=True),
-    sa.ForeignKeyConstraint(['run_id'], ['runs.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('run_id', 'task_id')
-    )
-    with op.batch_alter_table('run_steps', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_run_steps_run_id'), ['run_id'], unique=False)
-
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('run_steps', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_run_steps_run_id'))
-
-    op.drop_table('run_steps')
     with op.batch_alter_table('connector_calls', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_connector_calls_run_id'))
 
