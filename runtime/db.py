@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -90,7 +90,7 @@ class RawSql:
 
     @staticmethod
     def json(value: Any) -> str | None:
-        return None if value is None else json.dumps(value, separators=(",", ":"), default=str)
+        return None if value is None else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str).decode()
 
 
 def raw_cursor(session: Session) -> Any:

@@ -88,6 +88,10 @@ def _error(exc: BaseException) -> dict[str, Any]:
     return {"code": "step_failed", "message": f"{type(exc).__name__}: {exc}"}
 
 
+def _end_data(error: dict[str, Any] | None, output: Any) -> dict[str, Any]:
+    return {"error": error} if error else {"output_digest": audit.digest(output)}
+
+
 class Executor:
     """Drives runs of the workflows in ``registry`` (one per process; several processes may share a database)."""
 
@@ -141,8 +145,7 @@ class Executor:
                                 f"(run {existing.id}); use a new key for a new run"
                             )
                         return existing, False
-                session.add(run)
-                session.flush()
+                store.insert_run(session=session, run=run)
                 audit.append(session, kind="run.created", actor=actor, run=run,
                              data={"input_digest": audit.digest(data), "owner": wf.owner.email})
                 return run, True
@@ -296,7 +299,7 @@ class Executor:
                 stream = False  # the graph finished before the run's status was recorded
             elif not snapshot.next:
                 graph_input, kind = run.input, "run.started"
-            journal.defer(journal.event(kind, {"worker": self.worker_id}))
+            journal.defer(journal.event(kind, {"worker": self.worker_id}, trusted=True))
             if snapshot is not None and kind == "run.resumed":
                 journal.recover_steps({task.id for task in snapshot.tasks})
 
@@ -341,8 +344,10 @@ class Executor:
 
     async def _end(self, journal: Journal, status: RunStatus, *, error: dict | None = None, output: Any = None) -> Run:
         def end(session: Session) -> Run:
+            run = store.finish_run(session=session, run_id=journal.run.id, status=status, error=error, output=output)
+            journal.defer(journal.event(f"run.{status.value}", _end_data(error, output)))
             journal.flush_into(session)
-            return self._finish(session, journal.run.id, status, actor=SYSTEM, error=error, output=output)
+            return run
 
         return await self.db.run(end)
 
@@ -353,8 +358,8 @@ class Executor:
         """Journal a task's start or end; True when the task ended waiting for a person."""
         task_id, node = event["id"], event["name"]
         if "input" in event:  # the task starts; written with the step's first transaction
-            span = step_span(task_id, node)
-            journal.step_started(task_id=task_id, node=node, trace_id=format(span.get_span_context().trace_id, "032x"))
+            step_span(task_id, node)
+            journal.step_started(task_id=task_id, node=node)
             return False
         if event.get("interrupts"):
             status, error = StepStatus.interrupted, None
@@ -410,8 +415,7 @@ class Executor:
         output: Any = None,
     ) -> Run:
         run = store.finish_run(session=session, run_id=run_id, status=status, error=error, output=output)
-        audit.append(session, kind=f"run.{status.value}", actor=actor, run=run,
-                     data={"error": error} if error else {"output_digest": audit.digest(output)})
+        audit.append(session, kind=f"run.{status.value}", actor=actor, run=run, data=_end_data(error, output))
         return run
 
     # -- the background loop -------------------------------------------------------------

@@ -63,7 +63,7 @@ class Gate:
         """The step's span as parent; the step's start is journaled if the executor has not seen it yet."""
         task_id = task_ns.split("|")[-1].partition(":")[2] or task_ns
         span = self._step_span(task_id, node)
-        self.journal.step_started(task_id=task_id, node=node, trace_id=format(span.get_span_context().trace_id, "032x"))
+        self.journal.step_started(task_id=task_id, node=node)
         return trace.set_span_in_context(span)
 
     async def require_approval(self, *, action: str, arguments: dict[str, Any], reason: str) -> dict[str, Any]:
@@ -158,16 +158,17 @@ class Gate:
                 finally:
                     end_call(token)
                 call_span.set_attribute("steward.attempts", call.attempts)
+            response_json = audit.canonical_json(response)  # digested and stored: serialise once
             await journal.commit(
                 [journal.event("connector.call", {
-                    **allowed, "request_digest": request_digest, "response_digest": audit.digest(response),
+                    **allowed, "request_digest": request_digest, "response_digest": audit.sha256(response_json),
                     "status": call.last_status, "attempts": call.attempts,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                })],
+                }, trusted=True)],
                 ops=[journal.record_call({
                     "idempotency_key": key, "run_id": self.run.id, "node": node_path, "superstep": superstep,
                     "position": position, "action": spec.name, "effect": spec.effect.value,
                     "request_digest": request_digest, "response": response, "attempts": call.attempts,
-                })],
+                }, response_json)],
             )
             return response

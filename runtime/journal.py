@@ -45,19 +45,23 @@ class Journal:
         self._events: list[dict[str, Any]] = []
         self._started: set[str] = set()
 
-    def event(self, kind: str, data: dict[str, Any] | None = None, *, trace_id: str | None = None) -> dict[str, Any]:
-        """An audit event of this run, its time and trace taken now."""
-        return audit.pending_event(kind=kind, actor=self.actor, run=self.run, data=data, trace_id=trace_id)
+    def event(self, kind: str, data: dict[str, Any] | None = None, *, trace_id: str | None = None,
+              trusted: bool = False) -> dict[str, Any]:
+        """An audit event of this run, its time and trace taken now (see :func:`audit.pending_event`)."""
+        return audit.pending_event(kind=kind, actor=self.actor, run=self.run, data=data, trace_id=trace_id,
+                                   trusted=trusted)
 
     def defer(self, event: dict[str, Any]) -> None:
         self._events.append(event)
 
-    def step_started(self, *, task_id: str, node: str, trace_id: str | None) -> None:
+    def step_started(self, *, task_id: str, node: str) -> None:
         """Note that a task began (idempotent: the executor and the gate may both see it first)."""
         if task_id in self._started:
             return
         self._started.add(task_id)
-        self.defer(self.event("step.started", {"node": node, "task_id": task_id}, trace_id=trace_id))
+        # Every span of a run shares the run's trace, so its id needs no span to look at.
+        self.defer(self.event("step.started", {"node": node, "task_id": task_id}, trace_id=self.run.trace_id,
+                              trusted=True))
 
     def step_finished(self, *, task_id: str, node: str, status: StepStatus, error: dict[str, Any] | None,
                       recovered: bool = False) -> None:
@@ -67,7 +71,7 @@ class Journal:
         data = {"node": node, "task_id": task_id, "status": status.value, "error": error}
         if recovered:
             data["recovered"] = True
-        self.defer(self.event("step.finished", data))
+        self.defer(self.event("step.finished", data, trace_id=self.run.trace_id, trusted=error is None))
 
     def recover_steps(self, pending_task_ids: set[str]) -> None:
         """After a crash: steps recorded as running that the checkpoint no longer lists as pending
@@ -77,11 +81,11 @@ class Journal:
                 self.step_finished(task_id=task_id, node=node, status=StepStatus.succeeded, error=None,
                                    recovered=True)
 
-    def record_call(self, row: dict[str, Any]) -> CursorOp:
+    def record_call(self, row: dict[str, Any], response_json: str) -> CursorOp:
         self.recorded[row["idempotency_key"]] = row["response"]
         raw = self._raw
         params = (row["idempotency_key"], row["run_id"], row["node"], row["superstep"], row["position"],
-                  row["action"], row["effect"], row["request_digest"], raw.json(row["response"]), row["attempts"],
+                  row["action"], row["effect"], row["request_digest"], response_json, row["attempts"],
                   raw.time(utcnow()))
         return lambda cursor: cursor.execute(raw.sql(_INSERT_CALL), params)
 

@@ -97,6 +97,14 @@ _FINISH = (
 )
 
 
+_INSERT_RUN = _RUNS.insert()
+
+
+def insert_run(*, session: Session, run: Run) -> None:
+    """Store a new run (a plain INSERT: the ORM's unit of work costs more than the statement)."""
+    session.connection().execute(_INSERT_RUN, {column.name: getattr(run, column.name) for column in _RUNS.c})
+
+
 def claim_run(
     *, session: Session, run_id: str, worker_id: str, lease_seconds: float, force_from: str | None = None
 ) -> Run | None:

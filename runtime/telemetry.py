@@ -11,6 +11,7 @@ exporter, so every audit event can carry the trace id of what caused it.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 
@@ -89,7 +90,9 @@ def setup_tracing(extra: SpanExporter | None = None) -> None:
             _sampler.recording = True
 
 
+@functools.cache
 def tracer() -> trace.Tracer:
+    """Steward's tracer (a proxy until :func:`setup_tracing` installs the provider)."""
     return trace.get_tracer("steward")
 
 

@@ -194,10 +194,10 @@ async def test_crash_after_external_write_before_record_writes_once(steward: Ste
 
     real_record = Journal.record_call
 
-    def dying_record(self, row):
+    def dying_record(self, row, *rest):
         if row["effect"] == "write":
             raise Crash()
-        return real_record(self, row)
+        return real_record(self, row, *rest)
 
     run, _ = await steward.executor.submit(workflow="price_change", input=PRICE_105, actor="alice")
     monkeypatch.setattr(Journal, "record_call", dying_record)
