@@ -3,7 +3,14 @@
 >>> from runtime import Workflow, Owner, StepContext
 """
 
-from runtime.connectors import Connector, CrmConnector, Effect, PricingConnector, RetryPolicy, action
+from runtime.connectors import (
+    Connector,
+    CrmConnector,
+    Effect,
+    PricingConnector,
+    RetryPolicy,
+    action,
+)
 from runtime.context import StepContext
 from runtime.errors import (
     ApprovalRejected,

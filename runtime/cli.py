@@ -20,6 +20,7 @@ import typer
 from pydantic import ValidationError
 
 from runtime import audit, store
+from runtime.api.schemas import StepPublic
 from runtime.db import Database
 from runtime.errors import StewardError
 from runtime.models import ApprovalStatus, RunStatus
@@ -188,8 +189,7 @@ def runs_show(run_id: str) -> None:
     async def go(steward: Steward) -> dict[str, Any]:
         run, steps, pending = await steward.db.run(read)
         view = run_view(run)
-        view["steps"] = [s.model_dump(mode="json", include={"node", "status", "started_at", "finished_at", "error"})
-                         for s in steps]
+        view["steps"] = [StepPublic.model_validate(step).model_dump(mode="json") for step in steps]
         view["pending_approval_ids"] = [a.id for a in pending]
         return view
 

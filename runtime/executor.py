@@ -436,26 +436,6 @@ class Executor:
                 await task
         self._loops = []
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def _poll_loop(self) -> None:
-        while not self._stopping:
-            try:
-                await self._adopt_dead_local_runs()
-                free = self.concurrency - len(self._tasks)
-                if free > 0:
-                    ids = await self.db.run(lambda s: store.claimable_run_ids(session=s, limit=free))
-                    for run_id in ids:
-                        if run_id not in self._tasks:
-                            self._spawn(run_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("executor poll failed; retrying")
-            self._wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
 
     def _spawn(self, run_id: str) -> None:
         task = asyncio.create_task(self.drive(run_id))

@@ -161,11 +161,8 @@ def cancel_requested_ids(*, session: Session, worker_id: str) -> list[str]:
     return list(session.scalars(query).all())
 
 
-def get_approval(*, session: Session, approval_id: str, for_update: bool = False) -> ApprovalRequest:
-    query = select(ApprovalRequest).where(ApprovalRequest.id == approval_id)
-    if for_update:
-        query = query.with_for_update()
-    approval = session.scalars(query).first()
+def get_approval(*, session: Session, approval_id: str) -> ApprovalRequest:
+    approval = session.get(ApprovalRequest, approval_id)
     if approval is None:
         raise ApprovalNotFound(f"no approval request with id {approval_id!r}")
     return approval
@@ -187,8 +184,6 @@ def approvals_by_interrupt(*, session: Session, interrupt_ids: Sequence[str]) ->
     return {a.interrupt_id: a for a in session.scalars(query).all()}
 
 
-def get_connector_call(*, session: Session, key: str) -> ConnectorCall | None:
-    return session.get(ConnectorCall, key)
 
 
 def recorded_responses(*, session: Session, run_id: str) -> dict[str, Any]:
@@ -197,9 +192,6 @@ def recorded_responses(*, session: Session, run_id: str) -> dict[str, Any]:
     return {key: response for key, response in session.execute(query).all()}
 
 
-def list_connector_calls(*, session: Session, run_id: str) -> Sequence[ConnectorCall]:
-    query = select(ConnectorCall).where(ConnectorCall.run_id == run_id).order_by(ConnectorCall.created_at)
-    return session.scalars(query).all()
 
 
 def list_audit(
@@ -241,6 +233,3 @@ def authenticate(*, session: Session, plain: str) -> str:
         raise Unauthorized("the bearer token is unknown or revoked; create one with `steward tokens create`")
     return token.user
 
-
-def lease_deadline(seconds: float) -> datetime:
-    return utcnow() + timedelta(seconds=seconds)

@@ -20,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 from runtime import Owner, StepContext, Workflow
 
 FREE_MAIL = frozenset({"gmail.com", "yahoo.com", "hotmail.com", "outlook.com", "gmx.de", "web.de", "icloud.com"})
-EU = frozenset("AT BE BG CH CY CZ DE DK EE ES FI FR GB GR HR HU IE IS IT LI LT LU LV MT NL NO PL PT RO SE SI SK".split())
+EU = frozenset(
+    "AT BE BG CH CY CZ DE DK EE ES FI FR GB GR HR HU IE IS IT LI LT LU LV MT NL NO PL PT RO SE SI SK".split()
+)
 APAC = frozenset("AU CN HK ID IN JP KR MY NZ PH SG TH TW VN".split())
 
 

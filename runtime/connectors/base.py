@@ -16,6 +16,7 @@ the call's ``Idempotency-Key`` header on writes).
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import copy
 import enum
@@ -26,11 +27,20 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-import asyncio
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+)
 
-from runtime.errors import ConnectorRejected, ConnectorTransient, StewardError, is_retryable
+from runtime.errors import (
+    ConnectorRejected,
+    ConnectorTransient,
+    StewardError,
+    is_retryable,
+)
 from runtime.models import utcnow
 
 if TYPE_CHECKING:

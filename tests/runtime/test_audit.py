@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import HealthCheck, given, settings as hsettings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from sqlalchemy import delete, select, update
 
@@ -67,7 +68,7 @@ async def test_a_recomputed_forgery_breaks_the_next_link(steward: Steward) -> No
 
 
 async def test_deleted_rows_are_named(steward: Steward) -> None:
-    events = await make_history(steward)
+    await make_history(steward)
     tamper(steward, delete(AuditEvent).where(AuditEvent.seq == 4))
     result = await verify(steward)
     assert (result.ok, result.broken_seq) == (False, 4)

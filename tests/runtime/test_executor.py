@@ -165,7 +165,8 @@ async def test_approval_is_bound_to_the_exact_arguments(open_custom) -> None:
     proposals = iter([{"amount": "10"}, {"amount": "20"}, {"amount": "20"}])
 
     async def drifting(state: dict, runtime) -> dict:
-        await runtime.context.request_approval(action="refund", arguments=next(proposals), reason="refunds need a person")
+        await runtime.context.request_approval(action="refund", arguments=next(proposals),
+                                               reason="refunds need a person")
         return {"refunded": True}
 
     wf = single_node_workflow("drifting", drifting, grants=set())
@@ -233,7 +234,8 @@ async def test_cancel_a_waiting_run_cancels_its_approval(steward: Steward) -> No
 
 
 async def test_repeated_idempotency_key_returns_the_first_run(steward: Steward) -> None:
-    first, created = await steward.executor.submit(workflow="price_change", input=PRICE_105, actor="a", idempotency_key="k1")
+    first, created = await steward.executor.submit(workflow="price_change", input=PRICE_105, actor="a",
+                                                   idempotency_key="k1")
     again, created_again = await steward.executor.submit(workflow="price_change", input=PRICE_105, actor="a",
                                                          idempotency_key="k1")
     assert created and not created_again and again.id == first.id

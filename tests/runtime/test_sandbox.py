@@ -41,5 +41,6 @@ def test_search_and_batch_upsert_by_unique_property() -> None:
 
 def test_price_validation() -> None:
     client = TestClient(create_sandbox_app())
-    assert client.put("/pricing/prices/SKU-1001", json={"currency": "EUR", "amount": "-1"}, headers=AUTH).status_code == 422
+    negative = client.put("/pricing/prices/SKU-1001", json={"currency": "EUR", "amount": "-1"}, headers=AUTH)
+    assert negative.status_code == 422
     assert client.put("/pricing/prices/NOPE", json={"currency": "EUR", "amount": "1"}, headers=AUTH).status_code == 404
