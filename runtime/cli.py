@@ -26,6 +26,7 @@ from runtime.errors import StewardError
 from runtime.models import ApprovalStatus, RunStatus
 from runtime.service import Steward, open_steward
 from runtime.settings import Settings
+from runtime.telemetry import tracer
 
 app = typer.Typer(help="Steward: a governed runtime for AI automations.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -289,8 +290,9 @@ def tokens_create(user: Annotated[str, typer.Option(help="Who the token acts as"
         fail("--user must name someone")
 
     def create(session: Any) -> str:
-        _, plain = store.create_token(session=session, user=user.strip())
-        audit.append(session, kind="token.created", actor=user.strip(), data={"user": user.strip()})
+        with tracer().start_as_current_span("steward.token.create"):
+            _, plain = store.create_token(session=session, user=user.strip())
+            audit.append(session, kind="token.created", actor=user.strip(), data={"user": user.strip()})
         return plain
 
     async def go(steward: Steward) -> str:

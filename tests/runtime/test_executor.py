@@ -256,3 +256,26 @@ async def test_background_executor_picks_up_queued_runs(steward: Steward, sandbo
             break
         await asyncio.sleep(0.05)
     assert run.status == RunStatus.succeeded
+
+
+async def test_cancel_a_running_run_stops_it(open_custom) -> None:
+    import asyncio
+
+    entered = asyncio.Event()
+
+    async def slow(state: dict, runtime) -> dict:
+        entered.set()
+        await asyncio.sleep(3600)  # cancelled long before this ends
+        return {}
+
+    wf = single_node_workflow("slow", slow, grants=set())
+    async with open_custom([wf]) as steward:
+        run, _ = await steward.executor.submit(workflow="slow", input={}, actor="alice")
+        driving = asyncio.create_task(steward.executor.drive(run.id))
+        await entered.wait()
+        requested = await steward.executor.cancel(run_id=run.id, actor="alice")
+        assert requested.cancel_requested
+        run = await driving
+        assert run.status == RunStatus.cancelled
+        kinds = await events(steward, run.id)
+        assert kinds[-1] == "run.cancelled" and "run.cancel_requested" in kinds
