@@ -59,14 +59,20 @@ def _host_prefix() -> str:
     return f"{socket.gethostname()}:"
 
 
-def _pid_alive(pid: int) -> bool:
+def _owner_died_here(worker_id: str | None) -> bool:
+    """True when ``worker_id`` names another process on this host that no longer exists."""
+    if not worker_id or not worker_id.startswith(_host_prefix()):
+        return False
+    pid = int(worker_id.split(":")[1])
+    if pid == os.getpid():
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
-    except PermissionError:
         return True
-    return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _run_parent(run: Run) -> Any:
@@ -227,8 +233,8 @@ class Executor:
             run = claim()
             if run is None:
                 run = store.get_run(session=session, run_id=run_id)
-                dead_owner = self._dead_local_owner(run)
-                if dead_owner is None or (run := claim(force_from=dead_owner)) is None:
+                dead = run.status == RunStatus.running and _owner_died_here(run.worker_id)
+                if not dead or (run := claim(force_from=run.worker_id)) is None:
                     return store.get_run(session=session, run_id=run_id), None
             fresh = run.executions == 1
             return run, Journal(
@@ -243,13 +249,6 @@ class Executor:
         if journal is None:
             return run
         return await self._execute_guarded(run, journal)
-
-    def _dead_local_owner(self, run: Run) -> str | None:
-        owner = run.worker_id or ""
-        if run.status != RunStatus.running or not owner.startswith(_host_prefix()):
-            return None
-        pid = int(owner.split(":")[1])
-        return owner if pid != os.getpid() and not _pid_alive(pid) else None
 
     async def _execute_guarded(self, run: Run, journal: Journal) -> Run:
         task = asyncio.current_task()
@@ -436,24 +435,42 @@ class Executor:
                 await task
         self._loops = []
 
+    async def _poll_loop(self) -> None:
+        while not self._stopping:
+            try:
+                await self._adopt_dead_local_runs()
+                free = self.concurrency - len(self._tasks)
+                if free > 0:
+                    ids = await self.db.run(lambda s: store.claimable_run_ids(session=s, limit=free))
+                    for run_id in ids:
+                        if run_id not in self._tasks:
+                            self._spawn(run_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("executor poll failed; retrying")
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
 
     def _spawn(self, run_id: str) -> None:
         task = asyncio.create_task(self.drive(run_id))
-        self._tasks.setdefault(run_id, task)
-        task.add_done_callback(self._driven)
+        self._tasks[run_id] = task
+        task.add_done_callback(functools.partial(self._driven, run_id))
 
-    def _driven(self, task: asyncio.Task) -> None:
+    def _driven(self, run_id: str, task: asyncio.Task) -> None:
+        if self._tasks.get(run_id) is task:  # also when the run was not there to claim
+            del self._tasks[run_id]
         self._wake.set()
         if not task.cancelled() and task.exception() is not None:
-            log.error("driving a run failed; its lease will lapse and it will be retried",
+            log.error("driving run %s failed; its lease will lapse and it will be retried", run_id,
                       exc_info=task.exception())
 
     async def _adopt_dead_local_runs(self) -> None:
         rows = await self.db.run(lambda s: store.running_runs_by_worker_prefix(session=s, prefix=_host_prefix()))
         for run_id, owner in rows:
-            pid = int(owner.split(":")[1])
-            if owner != self.worker_id and pid != os.getpid() and not _pid_alive(pid) and run_id not in self._tasks:
-                log.info("run %s was left running by dead process %s; resuming it", run_id, pid)
+            if _owner_died_here(owner) and run_id not in self._tasks:
+                log.info("run %s was left running by dead worker %s; resuming it", run_id, owner)
                 self._spawn(run_id)
 
     async def _lease_loop(self) -> None:
