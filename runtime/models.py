@@ -169,7 +169,7 @@ class AuditEvent(SQLModel, table=True):
     seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     created_at: str = Field(max_length=40)
     actor: str = Field(max_length=200)
-    kind: str = Field(index=True, max_length=100)
+    kind: str = Field(max_length=100)
     run_id: str | None = Field(default=None, index=True, max_length=32)
     workflow: str | None = Field(default=None, max_length=100)
     version: str | None = Field(default=None, max_length=50)

@@ -42,7 +42,6 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('seq')
     )
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_audit_events_kind'), ['kind'], unique=False)
         batch_op.create_index(batch_op.f('ix_audit_events_run_id'), ['run_id'], unique=False)
 
     op.create_table('audit_head',
@@ -142,7 +141,6 @@ def downgrade() -> None:
     op.drop_table('audit_head')
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_audit_events_run_id'))
-        batch_op.drop_index(batch_op.f('ix_audit_events_kind'))
 
     op.drop_table('audit_events')
     with op.batch_alter_table('api_tokens', schema=None) as batch_op:
