@@ -4,7 +4,8 @@ The same 10-step graph (one connector call per step, against an in-process fake
 HTTP transport) runs N times as plain LangGraph and N times as a Steward-governed
 run (gate, idempotency record, audit chain, step records, spans). Both use the
 same checkpointer kind on the same database kind with ``durability="sync"``.
-Prints a table and writes ``bench/results/overhead.json``; the ratio is what matters.
+Prints a table and writes ``bench/results/overhead.json`` (``overhead-postgres.json``
+with ``--database postgres``); the ratio is what matters.
 
     python bench/overhead.py [--runs N] [--database sqlite|postgres]
 """
@@ -176,7 +177,7 @@ def main() -> None:
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
     }
-    out = ROOT / "bench" / "results" / "overhead.json"
+    out = ROOT / "bench" / "results" / ("overhead.json" if args.database == "sqlite" else "overhead-postgres.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")
