@@ -41,3 +41,15 @@ def test_an_unknown_exporter_is_refused(monkeypatch) -> None:
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "jaeger")
     with pytest.raises(TelemetryConfigInvalid, match="'jaeger' is not one of none, console, otlp"):
         _exporters()
+
+
+def test_sandbox_secrets_are_refused_for_real_systems_outside_demo_mode() -> None:
+    from pydantic import ValidationError
+
+    from runtime.settings import Settings
+
+    with pytest.raises(ValidationError, match="STEWARD_CRM_TOKEN is the sandbox default"):
+        Settings(crm_url="https://crm.example.com", demo=False)
+    assert Settings(crm_url="https://crm.example.com", demo=True).crm_token == "sandbox-token"
+    assert Settings(crm_url="https://crm.example.com", crm_token="real", demo=False).crm_token == "real"
+    assert Settings(port=9000).pricing_url == "http://127.0.0.1:9000/sandbox/pricing"
