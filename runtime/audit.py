@@ -1,13 +1,14 @@
 """The append-only, hash-chained audit trail.
 
-Each event's ``hash`` is SHA-256 over its canonical JSON (sorted keys, no
-whitespace) including ``prev_hash``, the hash of the event before it. Appending
+Each event's ``hash`` is SHA-256 over its canonical JSON (compact, sorted keys,
+UTF-8, as orjson writes it) including ``prev_hash``, the hash of the event before it. Appending
 first bumps the single ``audit_head`` row, which serialises writers on SQLite and
 PostgreSQL alike; :func:`verify` recomputes the chain and names the first event
 that does not fit.
 
->>> await db.run(lambda session: append(session, kind="run.created", actor="alice", run=run))
-
+>>> await db.run(lambda session: append(session, kind="token.created", actor="ops", data={"user": "bot"}))
+>>> (await db.run(verify)).ok
+True
 """
 
 from __future__ import annotations

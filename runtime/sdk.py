@@ -9,11 +9,14 @@ only through ``runtime.context`` (a :class:`runtime.context.StepContext`).
 >>> from langgraph.runtime import Runtime
 >>> class Input(BaseModel):
 ...     email: str
->>> async def greet(state: dict, runtime: Runtime[StepContext]) -> dict:
+>>> class State(TypedDict, total=False):
+...     email: str
+...     found: int
+>>> async def greet(state: State, runtime: Runtime[StepContext]) -> State:
 ...     found = await runtime.context.crm.search_contacts(email=state["email"])
 ...     return {"found": len(found)}
 >>> def build() -> StateGraph:
-...     graph = StateGraph(dict, context_schema=StepContext)
+...     graph = StateGraph(State, context_schema=StepContext)
 ...     graph.add_node("greet", greet)
 ...     graph.add_edge(START, "greet")
 ...     graph.add_edge("greet", END)
