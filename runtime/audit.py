@@ -23,7 +23,7 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from runtime.db import RawSql, raw_cursor
+from runtime.db import RawSql, raw_cursor, raw_sql
 from runtime.models import AuditEvent, AuditHead, utcnow
 from runtime.telemetry import current_trace_id
 
@@ -136,7 +136,7 @@ def append(session: Session, *, kind: str, actor: str, run: RunLike | None = Non
     >>> await db.run(lambda session: append(session, kind="token.created", actor="ops", data={"user": "bot"}))
     """
     session.flush()
-    raw = RawSql(postgres=session.get_bind().dialect.name == "postgresql")
+    raw = raw_sql(postgres=session.get_bind().dialect.name == "postgresql")
     event = pending_event(kind=kind, actor=actor, run=run, data=data, trace_id=trace_id)
     return write_events(raw_cursor(session), raw, [event])[0]
 

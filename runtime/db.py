@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -65,9 +66,10 @@ class RawSql:
     """Hand-written statements for the per-step write path, in the driver's own terms.
 
     SQLAlchemy costs several times what SQLite itself spends on a small statement;
-    the few statements every step runs (audit append, step and call records) go to
-    the DBAPI cursor directly. Write them with ``?`` placeholders and ``{json}``
-    where a JSON value is bound; :meth:`sql` adapts them to the driver.
+    the few statements every step runs (audit append, call records) go to the
+    DBAPI cursor directly. Write them with ``?`` placeholders and ``{json}`` where
+    a JSON value is bound; :meth:`sql` adapts them to the driver. Get one with
+    :func:`raw_sql`, which keeps one per dialect so adapted statements are reused.
     """
 
     def __init__(self, *, postgres: bool) -> None:
@@ -93,6 +95,11 @@ class RawSql:
         return None if value is None else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str).decode()
 
 
+@functools.cache
+def raw_sql(*, postgres: bool) -> RawSql:
+    return RawSql(postgres=postgres)
+
+
 def raw_cursor(session: Session) -> Any:
     """The DBAPI cursor of the session's connection, inside the session's transaction."""
     return session.connection().connection.driver_connection.cursor()
@@ -113,7 +120,7 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_engine(self.url, pool_size=10, pool_pre_ping=True)
-        self.raw = RawSql(postgres=not self.is_sqlite)
+        self.raw = raw_sql(postgres=not self.is_sqlite)
         self._inflight: set[asyncio.Future] = set()
         # On SQLite, set to the checkpointer's lock: one writer at a time inside the process
         # instead of two connections meeting in SQLite's busy handler (which sleeps).

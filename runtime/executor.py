@@ -232,10 +232,11 @@ class Executor:
                                       lease_seconds=self.lease_seconds)
             run = claim()
             if run is None:
-                run = store.get_run(session=session, run_id=run_id)
-                dead = run.status == RunStatus.running and _owner_died_here(run.worker_id)
-                if not dead or (run := claim(force_from=run.worker_id)) is None:
-                    return store.get_run(session=session, run_id=run_id), None
+                current = store.get_run(session=session, run_id=run_id)
+                if current.status == RunStatus.running and _owner_died_here(current.worker_id):
+                    run = claim(force_from=current.worker_id)
+                if run is None:
+                    return current, None
             fresh = run.executions == 1
             return run, Journal(
                 db=self.db, run=run, actor=SYSTEM,
@@ -290,9 +291,9 @@ class Executor:
             if snapshot is None:
                 graph_input, kind = run.input, "run.started"
             elif snapshot.interrupts:
-                resume = await self.db.run(lambda s: self._decisions(s, run, snapshot.interrupts, journal))
+                resume, waiting = await self.db.run(lambda s: self._decisions(s, run, snapshot.interrupts, journal))
                 if resume is None:
-                    return await self._current(run.id)
+                    return waiting
                 graph_input = Command(resume=resume)
             elif not snapshot.next and snapshot.created_at is not None:
                 stream = False  # the graph finished before the run's status was recorded
@@ -314,7 +315,7 @@ class Executor:
             gate = Gate(journal=journal, grants=wf.grants, step_span=step_span)
             context = StepContext(run_id=run.id, workflow=run.workflow, version=run.version, gate=gate,
                                   connectors=self.connectors)
-            values, interrupted = None, not stream
+            values, interrupted = None, False
             try:
                 if stream:
                     async for mode, chunk in graph.astream(graph_input, config, context=context,
@@ -336,8 +337,8 @@ class Executor:
             if interrupted or values is None:
                 snapshot = await graph.aget_state(config)
                 if snapshot.interrupts:
-                    await self.db.run(lambda s: self._decisions(s, run, snapshot.interrupts, journal))
-                    return await self._current(run.id)
+                    _, waiting = await self.db.run(lambda s: self._decisions(s, run, snapshot.interrupts, journal))
+                    return waiting
                 values = snapshot.values
             return await self._end(journal, RunStatus.succeeded, output=to_jsonable_python(values, fallback=str))
 
@@ -349,9 +350,6 @@ class Executor:
             return run
 
         return await self.db.run(end)
-
-    async def _current(self, run_id: str) -> Run:
-        return await self.db.run(lambda s: store.get_run(session=s, run_id=run_id))
 
     def _record_task(self, journal: Journal, event: dict[str, Any], step_span: Any, spans: dict) -> bool:
         """Journal a task's start or end; True when the task ended waiting for a person."""
@@ -373,8 +371,11 @@ class Executor:
         journal.step_finished(task_id=task_id, node=node, status=status, error=error)
         return status is StepStatus.interrupted
 
-    def _decisions(self, session: Session, run: Run, interrupts: Any, journal: Journal) -> dict[str, Any] | None:
-        """Resume values for every open interrupt, or None after opening the approval requests still needed."""
+    def _decisions(
+        self, session: Session, run: Run, interrupts: Any, journal: Journal
+    ) -> tuple[dict[str, Any] | None, Run]:
+        """Resume values for every open interrupt; or None, after opening the approval requests still
+        needed, with the run as it now waits."""
         known = store.approvals_by_interrupt(session=session, interrupt_ids=[i.id for i in interrupts])
         decided = {i.id: known[i.id] for i in interrupts
                    if i.id in known and known[i.id].status in (ApprovalStatus.approved, ApprovalStatus.rejected)}
@@ -383,7 +384,7 @@ class Executor:
                 iid: {"approval_id": a.id, "decision": "approve" if a.status == ApprovalStatus.approved else "reject",
                       "decided_by": a.decided_by, "comment": a.comment, "arguments_hash": a.arguments_hash}
                 for iid, a in decided.items()
-            }
+            }, run
         journal.flush_into(session)
         for item in interrupts:
             if item.id in known:
@@ -407,7 +408,7 @@ class Executor:
         current.status, current.worker_id, current.lease_expires_at, current.updated_at = (
             RunStatus.waiting_approval, None, None, utcnow())
         audit.append(session, kind="run.waiting_approval", actor=SYSTEM, run=current)
-        return None
+        return None, current
 
     def _finish(
         self, session: Session, run_id: str, status: RunStatus, *, actor: str, error: dict | None = None,

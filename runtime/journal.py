@@ -92,26 +92,22 @@ class Journal:
     async def commit(self, events: list[dict[str, Any]], *, ops: list[CursorOp] = ()) -> None:
         """Write everything pending plus ``ops`` and ``events`` in one transaction."""
         pending_ops, pending_events = self._take()
-
-        def write(cursor: Any) -> None:
-            for op in (*pending_ops, *ops):
-                op(cursor)
-            audit.write_events(cursor, self._raw, [*pending_events, *events])
-
+        ops, events = [*pending_ops, *ops], [*pending_events, *events]
         try:
-            await self.db.run_cursor(write)
+            await self.db.run_cursor(lambda cursor: self._write(cursor, ops, events))
         except BaseException:
             self._ops[:0], self._events[:0] = pending_ops, pending_events
             raise
 
     def flush_into(self, session: Session) -> None:
         """Write what is pending inside a transaction the caller runs (the run's last one)."""
-        pending_ops, pending_events = self._take()
         session.flush()
-        cursor = raw_cursor(session)
-        for op in pending_ops:
+        self._write(raw_cursor(session), *self._take())
+
+    def _write(self, cursor: Any, ops: list[CursorOp], events: list[dict[str, Any]]) -> None:
+        for op in ops:
             op(cursor)
-        audit.write_events(cursor, self._raw, pending_events)
+        audit.write_events(cursor, self._raw, events)
 
     def _take(self) -> tuple[list[CursorOp], list[dict[str, Any]]]:
         ops, events = self._ops, self._events
