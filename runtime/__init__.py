@@ -18,6 +18,7 @@ from runtime.errors import (
     ConnectorRejected,
     ConnectorTransient,
     InputInvalid,
+    NonDeterministicReplay,
     PermissionDenied,
     StewardError,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "CrmConnector",
     "Effect",
     "InputInvalid",
+    "NonDeterministicReplay",
     "Owner",
     "PermissionDenied",
     "PricingConnector",

@@ -10,6 +10,7 @@ named as ``module:attr`` strings (defaults: ``workflows:WORKFLOWS`` and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,16 +18,19 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import text
 
 from runtime import store
 from runtime.api import audit_routes, runs
 from runtime.connectors import Connector
-from runtime.errors import StewardError
+from runtime.db import is_transient
+from runtime.errors import DatabaseUnavailable, StewardError
 from runtime.sandbox import create_sandbox_app
 from runtime.sdk import Registry, load_object
 from runtime.service import open_steward
 from runtime.settings import SANDBOX_TOKEN, Settings
 
+log = logging.getLogger("steward.app")
 DEMO_TOKENS = {"demo.operator": "steward-demo-operator", "demo.approver": "steward-demo-approver"}
 
 
@@ -86,6 +90,14 @@ def create_app(
     async def _steward_error(_: Request, exc: StewardError) -> JSONResponse:
         return error_response(exc)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        if is_transient(exc):
+            return error_response(DatabaseUnavailable(f"the database is unavailable ({type(exc).__name__}); "
+                                                      "retry later"))
+        log.error("unhandled error", exc_info=exc)
+        return error_response(StewardError(f"internal error ({type(exc).__name__}); see the server log"))
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return validation_response(exc)
@@ -93,6 +105,16 @@ def create_app(
     @app.get("/healthz", tags=["health"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="Readiness: the database answers",
+             responses={503: {"description": "the database is unreachable"}})
+    async def readyz(request: Request) -> JSONResponse:
+        try:
+            await request.app.state.steward.db.run(lambda session: session.execute(text("SELECT 1")))
+        except Exception as exc:
+            body = DatabaseUnavailable(f"the database does not answer ({type(exc).__name__})").to_dict()
+            return JSONResponse({"status": "unavailable", **body}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     api = APIRouter(prefix="/api/v1")
     api.include_router(runs.router)

@@ -62,6 +62,16 @@ class StepContext:
     def now(self) -> datetime:
         return self._clock()
 
+    async def record(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call ``fn(*args, **kwargs)`` (sync or async) once and record its result; when the step runs
+        again (after an approval, a crash or a node retry) the recorded result comes back instead.
+        Use it for every side effect that is not a connector action, above all model calls.
+        The result is stored as JSON and returned in that form both times.
+
+        >>> scored = await runtime.context.record("score_lead", model.ainvoke, prompt)
+        """
+        return await self._gate.record(name, fn, *args, **kwargs)
+
     async def request_approval(self, *, action: str, arguments: dict[str, Any], reason: str) -> dict[str, Any]:
         """Pause the run until a person approves exactly ``arguments`` (see :meth:`Gate.require_approval`)."""
         return await self._gate.require_approval(action=action, arguments=arguments, reason=reason)

@@ -16,19 +16,30 @@ inline for SQLite, serialised with the checkpointer's writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
+import logging
+import random
+import sqlite3
+import sys
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
+import psycopg
+from psycopg_pool import PoolTimeout
 from sqlalchemy import create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from runtime.errors import StewardError
+from runtime.errors import DatabaseUnavailable, StewardError
+
+log = logging.getLogger("steward.db")
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 T = TypeVar("T")
@@ -49,6 +60,36 @@ def normalise_url(url: str) -> str:
     raise DatabaseUrlInvalid(
         f"unsupported database URL {parsed.render_as_string()!r}: use sqlite:///path or postgresql+psycopg://…"
     )
+
+
+# PostgreSQL SQLSTATEs that mean "this transaction lost a race; run it again".
+_RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__ or getattr(exc, "orig", None)
+    return chain
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures of the database rather than of the work: a lost or refused connection, an
+    exhausted pool, a deadlock or serialization failure, a locked SQLite file."""
+    for cause in _causes(exc):
+        if isinstance(cause, DatabaseUnavailable | PoolTimeout):
+            return True
+        if isinstance(cause, sa_exc.DBAPIError) and cause.connection_invalidated:
+            return True
+        if isinstance(cause, psycopg.OperationalError | psycopg.InterfaceError):
+            return True
+        if isinstance(cause, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
+            return True
+        if isinstance(cause, sqlite3.OperationalError) and "locked" in str(cause):
+            return True
+    return False
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -95,6 +136,19 @@ class RawSql:
         return None if value is None else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str).decode()
 
 
+class _Committing(Exception):
+    """The commit itself failed (its cause attached): the transaction may or may not have landed."""
+
+
+def _commit(commit: Callable[[], None]) -> None:
+    try:
+        commit()
+    except Exception as exc:
+        if is_transient(exc):
+            raise _Committing() from exc
+        raise
+
+
 @functools.cache
 def raw_sql(*, postgres: bool) -> RawSql:
     return RawSql(postgres=postgres)
@@ -128,12 +182,43 @@ class Database:
         self._local_lock = asyncio.Lock()
         self._sqlite_connection: Any = None
 
+    # PostgreSQL transactions that lose a race or a connection are run again, this many times in all.
+    attempts = 6
+
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        """Run ``attempt`` (one whole transaction) again after a deadlock, a serialization failure or
+        a lost connection, with jittered backoff; then :class:`DatabaseUnavailable` (HTTP 503)."""
+        if self.is_sqlite:  # one writer, in-process: no races to lose, and the loop must not sleep
+            return attempt()
+        for number in range(1, self.attempts + 1):
+            try:
+                return attempt()
+            except _Committing as exc:  # the commit itself failed: it may have landed, never run it twice
+                raise DatabaseUnavailable(f"the database failed while committing: {exc.__cause__}; "
+                                          "the outcome is unknown, retry with the same idempotency key") \
+                    from exc.__cause__
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                if number == self.attempts:
+                    raise DatabaseUnavailable(
+                        f"the database is unavailable or busy ({type(exc).__name__}) after {number} attempts; "
+                        "retry later") from exc
+                log.info("transaction attempt %d failed (%s); retrying", number, type(exc).__name__)
+                time.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** number)))
+        raise AssertionError("unreachable")
+
     def transaction(self, fn: Callable[[Session], T]) -> T:
-        """Run ``fn`` in one transaction on this thread: committed if it returns, rolled back if it raises."""
-        with Session(self.engine, expire_on_commit=False) as session:
-            result = fn(session)
-            session.commit()
-            return result
+        """Run ``fn`` in one transaction on this thread: committed if it returns, rolled back if it raises.
+        On PostgreSQL ``fn`` may run more than once (see :meth:`_retrying`): keep it free of outside effects."""
+
+        def attempt() -> T:
+            with Session(self.engine, expire_on_commit=False) as session:
+                result = fn(session)
+                _commit(session.commit)
+                return result
+
+        return self._retrying(attempt)
 
     async def run(self, fn: Callable[[Session], T]) -> T:
         """Run ``fn`` as one transaction (see the module docstring for where it runs)."""
@@ -141,6 +226,9 @@ class Database:
 
     def cursor_transaction(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(cursor)`` in one transaction on a DBAPI connection (the per-step path)."""
+        return self._retrying(lambda: self._cursor_attempt(fn))
+
+    def _cursor_attempt(self, fn: Callable[[Any], T]) -> T:
         # SQLite transactions run one at a time on the loop thread, so they can keep one
         # connection; PostgreSQL's run in threads and take theirs from the pool.
         shared = self.is_sqlite
@@ -149,10 +237,13 @@ class Database:
         connection = self._sqlite_connection if shared else self.engine.raw_connection()
         try:
             result = fn(connection.cursor())
-            connection.commit()
+            _commit(connection.commit)
             return result
         except BaseException:
-            connection.rollback()
+            with contextlib.suppress(Exception):
+                connection.rollback()
+            if not shared and is_transient(sys.exc_info()[1]):
+                connection.invalidate()  # type: ignore[attr-defined]  # never hand a broken connection back
             raise
         finally:
             if not shared:

@@ -9,6 +9,11 @@
     ├── Unauthorized                401  missing or unknown bearer token
     ├── Conflict                    409  the request fits no longer (already decided, finished ...)
     ├── WorkflowDefinitionError     500  a workflow module is malformed (raised at construction)
+    ├── NonDeterministicReplay      500  a re-executed step proposed another call than the one recorded
+    ├── DatabaseUnavailable         503  the database failed or stayed busy after retries (retryable)
+    ├── ExecutionStopped                 an execution must stop now (never reaches a client)
+    │   ├── RunCancelled                 a person cancelled the run (checked before each call)
+    │   └── ExecutionFenced              another worker owns the run now; this execution's writes are refused
     ├── GovernanceError             403  the gate refused
     │   ├── PermissionDenied             scope not granted to the workflow
     │   └── ApprovalRejected             a person rejected the proposed action
@@ -23,6 +28,8 @@ with, and whether retrying the same call may succeed (``retryable``).
 from __future__ import annotations
 
 from typing import Any
+
+from langgraph.errors import GraphBubbleUp
 
 
 class StewardError(Exception):
@@ -44,6 +51,8 @@ class StewardError(Exception):
         body: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.details is not None:
             body["details"] = self.details
+        if self.retryable:
+            body["retryable"] = True
         return body
 
 
@@ -81,6 +90,33 @@ class Conflict(StewardError):
 
 class WorkflowDefinitionError(StewardError):
     code = "workflow_definition_invalid"
+
+
+class NonDeterministicReplay(StewardError):
+    """A re-executed step made a different call at a recorded position: the workflow is not deterministic."""
+
+    code = "non_deterministic_replay"
+
+
+class DatabaseUnavailable(StewardError):
+    code = "database_unavailable"
+    status_code = 503
+    retryable = True
+
+
+class ExecutionStopped(StewardError, GraphBubbleUp):
+    """Stops one execution of a run at once. It bubbles through LangGraph like an interrupt (never
+    retried by a node's ``RetryPolicy``, never stored as the step's error)."""
+
+    code = "execution_stopped"
+
+
+class RunCancelled(ExecutionStopped):
+    code = "run_cancelled"
+
+
+class ExecutionFenced(ExecutionStopped):
+    code = "execution_fenced"
 
 
 class GovernanceError(StewardError):

@@ -25,18 +25,29 @@ from collections.abc import Mapping
 from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.errors import GraphDrained
+from langgraph.runtime import RunControl
 from langgraph.types import Command
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from pydantic_core import to_jsonable_python
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from runtime import audit, store
 from runtime.connectors.base import Connector
 from runtime.context import StepContext
-from runtime.db import Database
-from runtime.errors import ApprovalRejected, Conflict, InputInvalid, StewardError
+from runtime.db import Database, is_transient, raw_cursor
+from runtime.errors import (
+    ApprovalRejected,
+    Conflict,
+    ExecutionFenced,
+    ExecutionStopped,
+    InputInvalid,
+    RunCancelled,
+    StewardError,
+)
 from runtime.gate import APPROVAL, Gate
 from runtime.journal import Journal
 from runtime.models import (
@@ -98,6 +109,24 @@ def _end_data(error: dict[str, Any] | None, output: Any) -> dict[str, Any]:
     return {"error": error} if error else {"output_digest": audit.digest(output)}
 
 
+class Execution:
+    """One execution of one run in this process: its journal (epoch-fenced writes) and the LangGraph
+    run control that stops the graph cooperatively between supersteps."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.control = RunControl()
+
+    @property
+    def epoch(self) -> int:
+        return self.journal.epoch
+
+    def stop(self, reason: ExecutionStopped) -> None:
+        """Stop at the next connector call or superstep boundary, whichever comes first."""
+        self.journal.stop(reason)
+        self.control.request_drain(reason.code)
+
+
 class Executor:
     """Drives runs of the workflows in ``registry`` (one per process; several processes may share a database)."""
 
@@ -122,7 +151,7 @@ class Executor:
         self.worker_id = f"{_host_prefix()}{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._compiled: dict[tuple[str, str], Any] = {}
         self._tasks: dict[str, asyncio.Task] = {}
-        self._cancelling: set[str] = set()
+        self._executions: dict[str, Execution] = {}
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task] = []
         self._stopping = False
@@ -145,16 +174,28 @@ class Executor:
                 if scoped_key:
                     existing = store.find_run_by_idempotency_key(session=session, key=scoped_key)
                     if existing is not None:
-                        if existing.workflow != wf.name or existing.input != data:
-                            raise Conflict(
-                                f"Idempotency-Key {idempotency_key!r} was used for a different request "
-                                f"(run {existing.id}); use a new key for a new run"
-                            )
-                        return existing, False
-                store.insert_run(session=session, run=run)
+                        return same_request(existing), False
+                    try:
+                        with session.begin_nested():  # a concurrent submit with the key may win the insert
+                            store.insert_run(session=session, run=run)
+                    except IntegrityError:
+                        existing = store.find_run_by_idempotency_key(session=session, key=scoped_key)
+                        if existing is None:
+                            raise
+                        return same_request(existing), False
+                else:
+                    store.insert_run(session=session, run=run)
                 audit.append(session, kind="run.created", actor=actor, run=run,
                              data={"input_digest": audit.digest(data), "owner": wf.owner.email})
                 return run, True
+
+            def same_request(existing: Run) -> Run:
+                if existing.workflow != wf.name or existing.input != data:
+                    raise Conflict(
+                        f"Idempotency-Key {idempotency_key!r} was used for a different request "
+                        f"(run {existing.id}); use a new key for a new run"
+                    )
+                return existing
 
             result = await self.db.run(create)
         self._wake.set()
@@ -168,6 +209,8 @@ class Executor:
         status = ApprovalStatus.approved if decision == "approve" else ApprovalStatus.rejected
 
         def record(session: Session) -> ApprovalRequest:
+            run_id = store.get_approval(session=session, approval_id=approval_id).run_id
+            run = store.lock_run(session=session, run_id=run_id)  # lock order: run, approval, audit
             approval = store.get_approval(session=session, approval_id=approval_id)
             result = session.execute(
                 update(ApprovalRequest)
@@ -175,12 +218,12 @@ class Executor:
                 .values(status=status, decided_by=actor, comment=comment, decided_at=utcnow())
             )
             if result.rowcount != 1:
+                session.refresh(approval)
                 raise Conflict(
                     f"approval {approval_id} is already {approval.status.value}"
                     + (f" by {approval.decided_by}" if approval.decided_by else "")
                     + "; a decision cannot be changed"
                 )
-            run = store.get_run(session=session, run_id=approval.run_id)
             attrs = {"steward.run_id": run.id, "steward.approval_id": approval_id, "steward.decision": decision}
             with tracer().start_as_current_span("steward.approval.decide", context=_run_parent(run), attributes=attrs):
                 audit.append(session, kind="approval.decided", actor=actor, run=run, data={
@@ -190,6 +233,7 @@ class Executor:
                 pending = store.list_approvals(session=session, run_id=run.id, status=ApprovalStatus.pending)
                 if not pending and run.status == RunStatus.waiting_approval:
                     run.status, run.updated_at = RunStatus.queued, utcnow()
+                    session.flush()
                     audit.append(session, kind="run.queued", actor=actor, run=run,
                                  data={"reason": "approval decided"})
             session.flush()
@@ -201,25 +245,28 @@ class Executor:
         return approval
 
     async def cancel(self, *, run_id: str, actor: str) -> Run:
-        """Cancel a run: at once when queued or waiting, at its next step boundary when running."""
+        """Cancel a run: at once when queued or waiting; a running run stops cooperatively, before its
+        next connector call or at its next superstep boundary, whichever comes first."""
 
         def record(session: Session) -> Run:
-            run = store.get_run(session=session, run_id=run_id)
+            run = store.lock_run(session=session, run_id=run_id)  # lock order: run, approvals, audit
             if run.status in FINISHED:
                 raise Conflict(f"run {run_id} already ended {run.status.value}; nothing to cancel")
             if run.status == RunStatus.running:
-                run.cancel_requested = True
-                audit.append(session, kind="run.cancel_requested", actor=actor, run=run)
+                if not run.cancel_requested:
+                    run.cancel_requested = True
+                    session.flush()
+                    audit.append(session, kind="run.cancel_requested", actor=actor, run=run)
                 return run
             for approval in store.list_approvals(session=session, run_id=run_id, status=ApprovalStatus.pending):
                 approval.status = ApprovalStatus.cancelled
+            session.flush()
             return self._finish(session, run_id, RunStatus.cancelled, actor=actor)
 
         run = await self.db.run(record)
-        task = self._tasks.get(run_id)
-        if run.status == RunStatus.running and task is not None and run_id not in self._cancelling:
-            self._cancelling.add(run_id)
-            task.cancel()
+        execution = self._executions.get(run_id)
+        if run.status == RunStatus.running and execution is not None:
+            execution.stop(RunCancelled(f"run {run_id} was cancelled by {actor}"))
         return run
 
     # -- driving -----------------------------------------------------------------------
@@ -239,8 +286,8 @@ class Executor:
                     return current, None
             fresh = run.executions == 1
             return run, Journal(
-                db=self.db, run=run, actor=SYSTEM,
-                recorded={} if fresh else store.recorded_responses(session=session, run_id=run_id),
+                db=self.db, run=run, actor=SYSTEM, lease_seconds=self.lease_seconds,
+                recorded={} if fresh else store.recorded_calls(session=session, run_id=run_id),
                 open_steps={} if fresh else {step.task_id: step.node
                                              for step in store.list_steps(session=session, run_id=run_id)
                                              if step.status is StepStatus.running},
@@ -249,22 +296,15 @@ class Executor:
         run, journal = await self.db.run(claim)
         if journal is None:
             return run
-        return await self._execute_guarded(run, journal)
-
-    async def _execute_guarded(self, run: Run, journal: Journal) -> Run:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks[run.id] = task
+        execution = Execution(journal)
+        if run.cancel_requested:
+            execution.stop(RunCancelled(f"run {run.id} was cancelled"))
+        self._executions[run.id] = execution
         try:
-            return await self._execute(run, journal)
-        except asyncio.CancelledError:
-            if run.id not in self._cancelling:
-                raise  # shutting down: the lease lapses and another worker resumes the run
-            task.uncancel()
-            return await self._end(journal, RunStatus.cancelled)
+            return await self._execute(run, execution)
         finally:
-            self._tasks.pop(run.id, None)
-            self._cancelling.discard(run.id)
+            if self._executions.get(run.id) is execution:
+                del self._executions[run.id]
 
     def _graph(self, wf: Workflow) -> Any:
         key = (wf.name, wf.version)
@@ -272,7 +312,8 @@ class Executor:
             self._compiled[key] = wf.graph.compile(checkpointer=self.checkpointer)
         return self._compiled[key]
 
-    async def _execute(self, run: Run, journal: Journal) -> Run:
+    async def _execute(self, run: Run, execution: Execution) -> Run:
+        journal = execution.journal
         try:
             wf = self.registry.get(run.workflow)
             if wf.version != run.version:
@@ -283,73 +324,117 @@ class Executor:
         graph = self._graph(wf)
         config = {"configurable": {"thread_id": run.id}}
         attrs = {"steward.run_id": run.id, "steward.workflow": run.workflow, "steward.version": run.version}
+        spans: dict[str, trace.Span] = {}
         with tracer().start_as_current_span("steward.run", context=_run_parent(run), attributes=attrs) as run_span:
-            # A run taken up for the first time has no checkpoint yet; any later execution resumes one.
-            snapshot = None if run.executions == 1 else await graph.aget_state(config)
-            graph_input: Any = None
-            kind, stream = "run.resumed", True
-            if snapshot is None:
-                graph_input, kind = run.input, "run.started"
-            elif snapshot.interrupts:
-                resume, waiting = await self.db.run(lambda s: self._decisions(s, run, snapshot.interrupts, journal))
-                if resume is None:
-                    return waiting
-                graph_input = Command(resume=resume)
-            elif not snapshot.next and snapshot.created_at is not None:
-                stream = False  # the graph finished before the run's status was recorded
-            elif not snapshot.next:
-                graph_input, kind = run.input, "run.started"
-            journal.defer(journal.event(kind, {"worker": self.worker_id}, trusted=True))
-            if snapshot is not None and kind == "run.resumed":
-                journal.recover_steps({task.id for task in snapshot.tasks})
-
-            spans: dict[str, trace.Span] = {}
-            run_context = trace.set_span_in_context(run_span)
-
-            def step_span(task_id: str, node: str) -> trace.Span:
-                if task_id not in spans:
-                    spans[task_id] = tracer().start_span(f"steward.step {node}", context=run_context,
-                                                         attributes={**attrs, "steward.node": node})
-                return spans[task_id]
-
-            gate = Gate(journal=journal, grants=wf.grants, step_span=step_span)
-            context = StepContext(run_id=run.id, workflow=run.workflow, version=run.version, gate=gate,
-                                  connectors=self.connectors)
-            values, interrupted = None, False
             try:
-                if stream:
-                    async for mode, chunk in graph.astream(graph_input, config, context=context,
-                                                           stream_mode=["tasks", "values"], durability="sync"):
-                        if mode == "values":
-                            values = chunk
-                        else:
-                            interrupted = self._record_task(journal, chunk, step_span, spans) or interrupted
+                # A run taken up for the first time has no checkpoint yet; any later execution resumes
+                # the latest one, and LangGraph alone decides what is left to do (a task whose writes
+                # were saved before a crash is not run again, a task without them is).
+                snapshot = None if run.executions == 1 else await graph.aget_state(config)
+                graph_input: Any = None
+                kind = "run.resumed"
+                if snapshot is None or snapshot.created_at is None:
+                    graph_input, kind = run.input, "run.started"
+                elif snapshot.interrupts:
+                    resume, waiting = await self.db.run(
+                        lambda s: self._decisions(s, run, snapshot.interrupts, journal))
+                    if resume is None:
+                        return waiting
+                    graph_input = Command(resume=resume)
+                journal.defer(journal.event(kind, {"worker": self.worker_id}, trusted=True))
+                if snapshot is not None and kind == "run.resumed":
+                    journal.recover_steps({task.id for task in snapshot.tasks})
+
+                run_context = trace.set_span_in_context(run_span)
+
+                def step_span(task_id: str, node: str) -> trace.Span:
+                    if task_id not in spans:
+                        spans[task_id] = tracer().start_span(f"steward.step {node}", context=run_context,
+                                                             attributes={**attrs, "steward.node": node})
+                    return spans[task_id]
+
+                gate = Gate(journal=journal, grants=wf.grants, step_span=step_span)
+                context = StepContext(run_id=run.id, workflow=run.workflow, version=run.version, gate=gate,
+                                      connectors=self.connectors)
+                values, interrupted = None, False
+                async for mode, chunk in graph.astream(graph_input, config, context=context,
+                                                       stream_mode=["tasks", "values"], durability="sync",
+                                                       control=execution.control):
+                    if mode == "values":
+                        values = chunk
+                    else:
+                        interrupted = self._record_task(journal, chunk, step_span, spans) or interrupted
+                if interrupted or values is None:
+                    snapshot = await graph.aget_state(config)
+                    if snapshot.interrupts:
+                        _, waiting = await self.db.run(
+                            lambda s: self._decisions(s, run, snapshot.interrupts, journal))
+                        return waiting
+                    values = snapshot.values
+            except (ExecutionStopped, GraphDrained) as exc:
+                return await self._stopped(run, journal, exc)
             except ApprovalRejected as exc:
                 return await self._end(journal, RunStatus.rejected, error=exc.to_dict())
-            except Exception as exc:  # a node raised: the run fails with the reason
-                log.warning("run %s failed: %s", run.id, exc)
+            except Exception as exc:
+                if journal.stopping is not None:
+                    return await self._stopped(run, journal, exc)
+                if is_transient(exc):
+                    return await self._suspend(run, journal, exc)
+                log.warning("run %s failed: %s", run.id, exc)  # a node raised: the run fails with the reason
                 run_span.record_exception(exc)
                 return await self._end(journal, RunStatus.failed, error=_error(exc))
             finally:
                 for span in spans.values():
                     span.end()
-
-            if interrupted or values is None:
-                snapshot = await graph.aget_state(config)
-                if snapshot.interrupts:
-                    _, waiting = await self.db.run(lambda s: self._decisions(s, run, snapshot.interrupts, journal))
-                    return waiting
-                values = snapshot.values
             return await self._end(journal, RunStatus.succeeded, output=to_jsonable_python(values, fallback=str))
+
+    async def _stopped(self, run: Run, journal: Journal, exc: BaseException) -> Run:
+        """The execution stopped on purpose: cancelled (the run ends so), or fenced (nothing more is written)."""
+        reason = journal.stopping
+        if isinstance(reason, RunCancelled):
+            log.info("run %s stopped: cancelled", run.id)
+            return await self._end(journal, RunStatus.cancelled)
+        if isinstance(reason, ExecutionFenced):
+            log.warning("run %s: execution %s lost the run to another worker; it stops without writing",
+                        run.id, journal.epoch)
+            return await self.db.run(lambda s: store.get_run(session=s, run_id=run.id))
+        return await self._suspend(run, journal, exc)  # drained for shutdown: another execution resumes it
+
+    async def _suspend(self, run: Run, journal: Journal, exc: BaseException) -> Run:
+        """An infrastructure failure is not the workflow's: give the run back so that an execution
+        resumes it from its last checkpoint after a pause; if even that fails, its lease lapses."""
+        retry_in = min(self.lease_seconds, 2.0)
+        log.warning("run %s suspended after an infrastructure error (%s: %s); resuming in %.1fs",
+                    run.id, type(exc).__name__, exc, retry_in)
+
+        def release(session: Session) -> Run:
+            journal.flush_into(session)
+            released = store.release_run(session=session, run_id=run.id, epoch=journal.epoch, retry_in=retry_in)
+            assert released is not None  # the fence above held the row
+            audit.append(session, kind="run.suspended", actor=SYSTEM, run=released, data={
+                "error": type(exc).__name__, "message": str(exc)[:500], "retry_in_seconds": retry_in})
+            return released
+
+        try:
+            return await self.db.run(release)
+        except Exception:
+            log.warning("run %s could not be released; its lease will lapse", run.id, exc_info=True)
+            return run
 
     async def _end(self, journal: Journal, status: RunStatus, *, error: dict | None = None, output: Any = None) -> Run:
         def end(session: Session) -> Run:
-            run = store.finish_run(session=session, run_id=journal.run.id, status=status, error=error, output=output)
+            journal.fence(raw_cursor(session))
+            run = store.finish_run(session=session, run_id=journal.run.id, status=status, error=error,
+                                   output=output, epoch=journal.epoch)
+            assert run is not None  # the fence above held the row
             journal.defer(journal.event(f"run.{status.value}", _end_data(error, output)))
-            journal.flush_into(session)
+            journal.flush_into(session, fence=False)
             return run
 
-        return await self.db.run(end)
+        try:
+            return await self.db.run(end)
+        except ExecutionFenced:
+            return await self.db.run(lambda s: store.get_run(session=s, run_id=journal.run.id))
 
     def _record_task(self, journal: Journal, event: dict[str, Any], step_span: Any, spans: dict) -> bool:
         """Journal a task's start or end; True when the task ended waiting for a person."""
@@ -479,17 +564,30 @@ class Executor:
         while not self._stopping:
             await asyncio.sleep(interval)
             try:
-                def renew(session: Session) -> list[str]:
-                    store.renew_leases(session=session, worker_id=self.worker_id, lease_seconds=self.lease_seconds)
-                    return store.cancel_requested_ids(session=session, worker_id=self.worker_id)
-
-                cancelled = await self.db.run(renew)
-                for run_id in cancelled:
-                    task = self._tasks.get(run_id)
-                    if task is not None and run_id not in self._cancelling:
-                        self._cancelling.add(run_id)
-                        task.cancel()
+                await self._renew()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("lease renewal failed; retrying")
+
+    async def _renew(self) -> None:
+        """Extend the leases of the runs this process drives; stop an execution that lost its run
+        (another worker took it over) or whose cancellation was requested elsewhere."""
+        executions = dict(self._executions)
+        epochs = {run_id: execution.epoch for run_id, execution in executions.items()}
+
+        def renew(session: Session) -> tuple[set[str], list[str]]:
+            owned = store.renew_leases(session=session, worker_id=self.worker_id, epochs=epochs,
+                                       lease_seconds=self.lease_seconds)
+            return owned, store.cancel_requested_ids(session=session, worker_id=self.worker_id)
+
+        owned, cancelled = await self.db.run(renew)
+        for run_id, execution in executions.items():
+            if run_id not in owned and self._executions.get(run_id) is execution:
+                # Ended meanwhile (its own last write left `running`), or taken over: either way no
+                # further write of this execution may land; the fence refuses them, this stops it early.
+                execution.stop(ExecutionFenced(f"run {run_id} is no longer owned by execution {execution.epoch}"))
+        for run_id in cancelled:
+            execution = self._executions.get(run_id)
+            if execution is not None:
+                execution.stop(RunCancelled(f"run {run_id} was cancelled"))

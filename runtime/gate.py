@@ -1,42 +1,87 @@
 """The governance gate every connector action passes, in this order:
 
-1. permission: the action's scope must be granted to the workflow;
-2. approval: an action declared ``requires_approval`` (or a step's own
+1. stop: a run whose cancellation was requested, or whose ownership this execution
+   lost, makes no further call (:class:`RunCancelled`, :class:`ExecutionFenced`);
+2. permission: the action's scope must be granted to the workflow;
+3. approval: an action declared ``requires_approval`` (or a step's own
    :meth:`Gate.require_approval`) pauses the run with a LangGraph interrupt until a
    person decides; the decision is bound to a hash of the exact arguments;
-3. replay: a call whose idempotency key already has a recorded result returns it
-   instead of calling again (a node re-executed after a crash or a resume);
-4. execution: the connector's HTTP call, retried in the connector layer, carrying
-   the deterministic ``Idempotency-Key`` (run, node, superstep, call position);
-5. audit: the decision and the call (request and response digests, no payloads,
+4. replay: a call whose identity already has a record returns the recorded result
+   instead of calling again, after checking that the record is of the same action
+   and request (:class:`NonDeterministicReplay` otherwise);
+5. execution: the connector's HTTP call, retried in the connector layer, carrying
+   the deterministic ``Idempotency-Key``;
+6. record: the decision and the call (request and response digests, no payloads,
    no secrets) are appended to the audit chain with the call record, in one
-   transaction that is committed before the step goes on.
+   transaction that is committed before the step goes on. Once the external call
+   has started, the record is written even if the step is being cancelled.
+
+A call's identity is (run, LangGraph task, position): the task is the full
+checkpoint namespace of the LangGraph task (stable when the same checkpoint is
+executed again, distinct for every ``Send`` branch) and the position counts the
+calls of one execution attempt of that task from 0 (a node retried by its
+``RetryPolicy`` starts again at 0, so it replays what its first attempt did).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from langgraph.config import get_config
+from langgraph.runtime import get_runtime
 from langgraph.types import interrupt
 from opentelemetry import trace
+from pydantic_core import to_jsonable_python
 
 from runtime import audit
 from runtime.connectors.base import ActionSpec, end_call, start_call
-from runtime.errors import ApprovalRejected, PermissionDenied, StewardError
-from runtime.journal import Journal
+from runtime.errors import ApprovalRejected, NonDeterministicReplay, PermissionDenied, StewardError
+from runtime.journal import Journal, Recorded
 from runtime.telemetry import tracer
 
 APPROVAL = "steward.approval"
+RECORD = "record"
+T = TypeVar("T")
 
 
-def idempotency_key(run_id: str, node_path: str, superstep: int, position: int) -> str:
-    """Deterministic per call site and position: the same on every re-execution, never per attempt."""
-    return hashlib.sha256(f"{run_id}|{node_path}|{superstep}|{position}".encode()).hexdigest()[:48]
+def idempotency_key(run_id: str, task_ns: str, position: int) -> str:
+    """Deterministic per task and position: the same on every re-execution and retry, never per attempt."""
+    return hashlib.sha256(f"{run_id}|{task_ns}|{position}".encode()).hexdigest()[:48]
+
+
+@dataclass(frozen=True)
+class CallSite:
+    """Where a call is made: the LangGraph task (namespace, id, attempt), node and superstep, and its position."""
+
+    task_ns: str
+    task_id: str
+    attempt: int
+    node: str
+    node_path: str
+    superstep: int
+
+
+async def finish_then_cancel(awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable`` to its end even when the caller is cancelled meanwhile; then let the
+    cancellation through. A call that reached the outside world is always recorded."""
+    inner = asyncio.ensure_future(awaitable)
+    cancelled = False
+    while not inner.done():
+        try:
+            await asyncio.wait({inner})
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        if not inner.cancelled():
+            inner.exception()  # retrieved: the cancellation is what the caller sees
+        raise asyncio.CancelledError
+    return inner.result()
 
 
 class Gate:
@@ -46,25 +91,48 @@ class Gate:
         self.journal = journal
         self.run = journal.run
         self.grants = grants
-        self._positions: defaultdict[str, int] = defaultdict(int)
+        self._positions: defaultdict[tuple[str, int], int] = defaultdict(int)
         self._step_span = step_span
 
-    def _task(self) -> tuple[str, str, int, str]:
-        """(task namespace, node path, superstep, node) of the LangGraph task calling right now."""
+    def _site(self) -> CallSite:
+        """The LangGraph task calling right now."""
         try:
+            info = get_runtime().execution_info
             meta = get_config()["metadata"]
-        except RuntimeError:
-            raise StewardError("connector actions and approvals can only be used inside a workflow node") from None
-        ns = meta.get("langgraph_checkpoint_ns", "")
-        node_path = "/".join(part.split(":")[0] for part in ns.split("|")) or meta["langgraph_node"]
-        return ns, node_path, int(meta.get("langgraph_step", 0)), meta["langgraph_node"]
+        except (RuntimeError, KeyError, AttributeError):
+            raise StewardError("connector actions, records and approvals can only be used inside a workflow node") \
+                from None
+        ns = info.checkpoint_ns
+        node_path = "/".join(part.split(":")[0] for part in ns.split("|") if ":" in part) or meta["langgraph_node"]
+        return CallSite(task_ns=ns, task_id=info.task_id, attempt=info.node_attempt, node=meta["langgraph_node"],
+                        node_path=node_path, superstep=int(meta.get("langgraph_step", 0)))
 
-    def _enter_step(self, task_ns: str, node: str) -> Any:
+    def _position(self, site: CallSite) -> int:
+        slot = (site.task_ns, site.attempt)
+        position = self._positions[slot]
+        self._positions[slot] += 1
+        return position
+
+    def _enter_step(self, site: CallSite) -> Any:
         """The step's span as parent; the step's start is journaled if the executor has not seen it yet."""
-        task_id = task_ns.split("|")[-1].partition(":")[2] or task_ns
-        span = self._step_span(task_id, node)
-        self.journal.step_started(task_id=task_id, node=node)
+        span = self._step_span(site.task_id, site.node)
+        self.journal.step_started(task_id=site.task_id, node=site.node)
         return trace.set_span_in_context(span)
+
+    def _replay(self, site: CallSite, position: int, key: str, action: str, request_digest: str) -> Recorded | None:
+        recorded = self.journal.recorded.get(key)
+        if recorded is None:
+            return None
+        if recorded.action != action or recorded.request_digest != request_digest:
+            what = "another action" if recorded.action != action else "the same action with other arguments"
+            raise NonDeterministicReplay(
+                f"node {site.node!r} proposed {what} at call position {position} than its earlier execution "
+                f"recorded (recorded {recorded.action}, proposed {action}): a step must make the same calls "
+                f"in the same order when it runs again; wrap anything that varies in runtime.context.record(...)",
+                details={"node": site.node, "position": position, "recorded_action": recorded.action,
+                         "proposed_action": action},
+            )
+        return recorded
 
     async def require_approval(self, *, action: str, arguments: dict[str, Any], reason: str) -> dict[str, Any]:
         """Pause until a person approves exactly ``arguments``; raise :class:`ApprovalRejected` on rejection.
@@ -72,7 +140,8 @@ class Gate:
         >>> await runtime.context.request_approval(action="pricing.bulk_change", arguments=changes,
         ...                                        reason="a price moves by more than 10 %")
         """
-        _, _, _, node = self._task()
+        site = self._site()
+        self.journal.check_stop()
         arguments_hash = audit.digest({"action": action, "arguments": arguments})
         request = {
             "kind": APPROVAL,
@@ -80,7 +149,7 @@ class Gate:
             "arguments": audit.scrub(arguments),
             "arguments_hash": arguments_hash,
             "reason": reason,
-            "node": node,
+            "node": site.node,
         }
         while True:
             # On re-execution interrupt() hands back the recorded decision; a decision that was
@@ -97,28 +166,65 @@ class Gate:
                 )
             return decision
 
+    async def record(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` once and record its JSON-safe result; a re-execution of the
+        step gets the recorded result without calling ``fn`` again (see :meth:`StepContext.record`)."""
+        site = self._site()
+        self.journal.check_stop()
+        position = self._position(site)
+        key = idempotency_key(self.run.id, site.task_ns, position)
+        action = f"{RECORD}:{name}"
+        request_digest = audit.digest(to_jsonable_python({"args": args, "kwargs": kwargs}, fallback=str))
+        recorded = self._replay(site, position, key, action, request_digest)
+        base = {"action": action, "node": site.node, "position": position, "idempotency_key": key}
+        journal = self.journal
+        self._enter_step(site)
+        if recorded is not None:
+            await journal.commit([journal.event("record.replayed", {
+                **base, "response_digest": audit.digest(recorded.response)}, trusted=True)])
+            return recorded.response
+
+        async def run_and_record() -> Any:
+            result = fn(*args, **kwargs)
+            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                result = await result
+            value = to_jsonable_python(result, fallback=str)
+            value_json = audit.canonical_json(value)
+            await journal.commit(
+                [journal.event("record.made", {**base, "request_digest": request_digest,
+                                               "response_digest": audit.sha256(value_json)}, trusted=True)],
+                ops=[journal.record_call({
+                    "idempotency_key": key, "run_id": self.run.id, "node": site.node_path,
+                    "superstep": site.superstep, "position": position, "action": action, "effect": RECORD,
+                    "request_digest": request_digest, "response": value, "attempts": 1,
+                }, value_json)],
+            )
+            return value
+
+        return await finish_then_cancel(run_and_record())
+
     async def call(self, spec: ActionSpec, arguments: dict[str, Any], invoke: Callable[[], Awaitable[Any]]) -> Any:
-        task_ns, node_path, superstep, node = self._task()
-        position = self._positions[task_ns]
-        self._positions[task_ns] += 1
-        key = idempotency_key(self.run.id, node_path, superstep, position)
+        site = self._site()
+        self.journal.check_stop()
+        position = self._position(site)
+        key = idempotency_key(self.run.id, site.task_ns, position)
         attrs = {
             "steward.run_id": self.run.id,
             "steward.workflow": self.run.workflow,
             "steward.version": self.run.version,
             "steward.action": spec.name,
-            "steward.node": node,
+            "steward.node": site.node,
         }
         decision = {
             "action": spec.name,
             "scope": spec.scope,
             "effect": spec.effect.value,
-            "node": node,
+            "node": site.node,
             "position": position,
             "idempotency_key": key,
         }
         journal = self.journal
-        parent = self._enter_step(task_ns, node)
+        parent = self._enter_step(site)
         with tracer().start_as_current_span("steward.gate", context=parent, attributes=attrs) as span:
             if spec.scope not in self.grants:
                 span.set_attribute("steward.decision", "deny")
@@ -135,40 +241,46 @@ class Gate:
                     action=spec.name, arguments=arguments, reason=f"{spec.name} always requires approval"
                 )
 
-            if key in journal.recorded:
-                span.set_attribute("steward.replayed", True)
-                response = journal.recorded[key]
-                await journal.commit([journal.event("connector.replayed",
-                                                    {**allowed, "response_digest": audit.digest(response)})])
-                return response
-
             request_digest = audit.digest(arguments)
-            with tracer().start_as_current_span(f"steward.connector {spec.name}", attributes=attrs) as call_span:
-                call, token = start_call(key if spec.effect.has_side_effect else None)
-                started = time.perf_counter()
-                try:
-                    response = await invoke()
-                except StewardError as exc:
-                    call_span.set_attribute("steward.error", exc.code)
-                    await journal.commit([journal.event("connector.failed", {
-                        **allowed, "request_digest": request_digest, "error": exc.code, "message": exc.message,
-                        "status": call.last_status, "attempts": call.attempts,
-                    })])
-                    raise
-                finally:
-                    end_call(token)
-                call_span.set_attribute("steward.attempts", call.attempts)
-            response_json = audit.canonical_json(response)  # digested and stored: serialise once
-            await journal.commit(
-                [journal.event("connector.call", {
-                    **allowed, "request_digest": request_digest, "response_digest": audit.sha256(response_json),
+            recorded = self._replay(site, position, key, spec.name, request_digest)
+            if recorded is not None:
+                span.set_attribute("steward.replayed", True)
+                await journal.commit([journal.event("connector.replayed",
+                                                    {**allowed, "response_digest": audit.digest(recorded.response)})])
+                return recorded.response
+            journal.check_stop()
+            return await finish_then_cancel(
+                self._execute(spec, invoke, key, site, position, allowed, request_digest, attrs))
+
+    async def _execute(self, spec: ActionSpec, invoke: Callable[[], Awaitable[Any]], key: str, site: CallSite,
+                       position: int, allowed: dict[str, Any], request_digest: str, attrs: dict[str, Any]) -> Any:
+        journal = self.journal
+        with tracer().start_as_current_span(f"steward.connector {spec.name}", attributes=attrs) as call_span:
+            call, token = start_call(key if spec.effect.has_side_effect else None)
+            started = time.perf_counter()
+            try:
+                response = await invoke()
+            except StewardError as exc:
+                call_span.set_attribute("steward.error", exc.code)
+                await journal.commit([journal.event("connector.failed", {
+                    **allowed, "request_digest": request_digest, "error": exc.code, "message": exc.message,
                     "status": call.last_status, "attempts": call.attempts,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                }, trusted=True)],
-                ops=[journal.record_call({
-                    "idempotency_key": key, "run_id": self.run.id, "node": node_path, "superstep": superstep,
-                    "position": position, "action": spec.name, "effect": spec.effect.value,
-                    "request_digest": request_digest, "response": response, "attempts": call.attempts,
-                }, response_json)],
-            )
-            return response
+                })])
+                raise
+            finally:
+                end_call(token)
+            call_span.set_attribute("steward.attempts", call.attempts)
+        response_json = audit.canonical_json(response)  # digested and stored: serialise once
+        await journal.commit(
+            [journal.event("connector.call", {
+                **allowed, "request_digest": request_digest, "response_digest": audit.sha256(response_json),
+                "status": call.last_status, "attempts": call.attempts,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            }, trusted=True)],
+            ops=[journal.record_call({
+                "idempotency_key": key, "run_id": self.run.id, "node": site.node_path, "superstep": site.superstep,
+                "position": position, "action": spec.name, "effect": spec.effect.value,
+                "request_digest": request_digest, "response": response, "attempts": call.attempts,
+            }, response_json)],
+        )
+        return response

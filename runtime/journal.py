@@ -15,12 +15,14 @@ directly (see :class:`runtime.db.RawSql`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from datetime import timedelta
+from typing import Any, NamedTuple
 
 from sqlalchemy.orm import Session
 
 from runtime import audit
 from runtime.db import Database, raw_cursor
+from runtime.errors import ExecutionFenced, ExecutionStopped
 from runtime.models import Run, StepStatus, utcnow
 
 CursorOp = Callable[[Any], Any]
@@ -28,17 +30,34 @@ CursorOp = Callable[[Any], Any]
 _INSERT_CALL = ("INSERT INTO connector_calls (idempotency_key, run_id, node, superstep, position, action, effect,"
                 " request_digest, response, attempts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, {json}, ?, ?)")
 
+# Every transaction of an execution starts here: it takes the run's row first (the lock order is
+# run, then its children, then the audit head), renews the lease, and matches no row once another
+# execution has claimed the run (the epoch moved on) or the run has left ``running``.
+_FENCE = "UPDATE runs SET lease_expires_at = ? WHERE id = ? AND executions = ? AND status = 'running'"
+
+
+class Recorded(NamedTuple):
+    """A recorded call: what was asked (action, request digest) and what came back."""
+
+    action: str
+    request_digest: str
+    response: Any
+
 
 class Journal:
-    """The write path of one execution of one run."""
+    """The write path of one execution of one run; every write is fenced by the execution's epoch."""
 
     def __init__(
-        self, *, db: Database, run: Run, actor: str, recorded: dict[str, Any], open_steps: dict[str, str]
+        self, *, db: Database, run: Run, actor: str, recorded: dict[str, Recorded], open_steps: dict[str, str],
+        lease_seconds: float = 30.0,
     ) -> None:
         self.db = db
         self.run = run
+        self.epoch = run.executions
         self.actor = actor
         self.recorded = recorded
+        self.lease_seconds = lease_seconds
+        self.stopping: ExecutionStopped | None = None
         self._raw = db.raw
         self._open = dict(open_steps)  # task id -> node: began in an earlier execution, end never written
         self._ops: list[CursorOp] = []
@@ -81,8 +100,17 @@ class Journal:
                 self.step_finished(task_id=task_id, node=node, status=StepStatus.succeeded, error=None,
                                    recovered=True)
 
+    def stop(self, reason: ExecutionStopped) -> None:
+        """Make every later call of this execution raise ``reason`` (the first reason wins)."""
+        if self.stopping is None:
+            self.stopping = reason
+
+    def check_stop(self) -> None:
+        if self.stopping is not None:
+            raise self.stopping
+
     def record_call(self, row: dict[str, Any], response_json: str) -> CursorOp:
-        self.recorded[row["idempotency_key"]] = row["response"]
+        self.recorded[row["idempotency_key"]] = Recorded(row["action"], row["request_digest"], row["response"])
         raw = self._raw
         params = (row["idempotency_key"], row["run_id"], row["node"], row["superstep"], row["position"],
                   row["action"], row["effect"], row["request_digest"], response_json, row["attempts"],
@@ -99,12 +127,27 @@ class Journal:
             self._ops[:0], self._events[:0] = pending_ops, pending_events
             raise
 
-    def flush_into(self, session: Session) -> None:
-        """Write what is pending inside a transaction the caller runs (the run's last one)."""
+    def flush_into(self, session: Session, *, fence: bool = True) -> None:
+        """Write what is pending inside the execution's last transaction, which the caller runs (and may
+        run again after a lost race, so nothing is taken here); ``fence=False`` when the caller has
+        already called :meth:`fence` in it."""
         session.flush()
-        self._write(raw_cursor(session), *self._take())
+        self._write(raw_cursor(session), list(self._ops), list(self._events), fence=fence)
 
-    def _write(self, cursor: Any, ops: list[CursorOp], events: list[dict[str, Any]]) -> None:
+    def fence(self, cursor: Any) -> None:
+        """Lock the run's row and check this execution still owns it; :class:`ExecutionFenced` if not."""
+        raw = self._raw
+        cursor.execute(raw.sql(_FENCE), (raw.time(utcnow() + timedelta(seconds=self.lease_seconds)), self.run.id,
+                                         self.epoch))
+        if cursor.rowcount != 1:
+            fenced = ExecutionFenced(f"run {self.run.id} is no longer owned by execution {self.epoch}; "
+                                     "its writes are refused")
+            self.stop(fenced)
+            raise fenced
+
+    def _write(self, cursor: Any, ops: list[CursorOp], events: list[dict[str, Any]], *, fence: bool = True) -> None:
+        if fence:
+            self.fence(cursor)
         for op in ops:
             op(cursor)
         audit.write_events(cursor, self._raw, events)

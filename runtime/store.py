@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from runtime.errors import ApprovalNotFound, RunNotFound, Unauthorized
+from runtime.journal import Recorded
 from runtime.models import (
     ApiToken,
     ApprovalRequest,
@@ -31,6 +32,17 @@ from runtime.models import (
 
 def get_run(*, session: Session, run_id: str) -> Run:
     run = session.get(Run, run_id)
+    if run is None:
+        raise RunNotFound(f"no run with id {run_id!r}")
+    return run
+
+
+def lock_run(*, session: Session, run_id: str) -> Run:
+    """The run, its row locked for this transaction (``FOR UPDATE`` on PostgreSQL; SQLite has one writer).
+
+    Every command that changes a run calls this first: the lock order is run, children, audit."""
+    query = select(Run).where(Run.id == run_id).with_for_update().execution_options(populate_existing=True)
+    run = session.scalars(query).first()
     if run is None:
         raise RunNotFound(f"no run with id {run_id!r}")
     return run
@@ -90,11 +102,15 @@ _CLAIM = (
 )
 _FINISH = (
     update(_RUNS)
-    .where(_RUNS.c.id == bindparam("run_id"))
+    .where(_RUNS.c.id == bindparam("run_id"), _RUNS.c.status != RunStatus.succeeded,
+           _RUNS.c.status != RunStatus.failed, _RUNS.c.status != RunStatus.rejected,
+           _RUNS.c.status != RunStatus.cancelled)
     .values(status=bindparam("status"), error=bindparam("error"), output=bindparam("output"),
             updated_at=bindparam("now"), finished_at=bindparam("now"), worker_id=None, lease_expires_at=None)
     .returning(*_RUNS.c)
 )
+# An execution ends only a run it still owns (see runtime.journal: the epoch is ``executions``).
+_FINISH_OWNED = _FINISH.where(_RUNS.c.executions == bindparam("epoch"), _RUNS.c.status == RunStatus.running)
 
 
 _INSERT_RUN = _RUNS.insert()
@@ -120,24 +136,44 @@ def claim_run(
 
 
 def finish_run(
-    *, session: Session, run_id: str, status: RunStatus, error: dict[str, Any] | None, output: Any
-) -> Run:
-    """Record a run's end (its output kept when ``output`` is None)."""
+    *, session: Session, run_id: str, status: RunStatus, error: dict[str, Any] | None, output: Any,
+    epoch: int | None = None,
+) -> Run | None:
+    """Record a run's end (its output kept when ``output`` is None). With ``epoch``, only while that
+    execution still owns the run; None when it does not (or the run had already ended)."""
     if output is None:
         output = session.connection().execute(select(_RUNS.c.output).where(_RUNS.c.id == run_id)).scalar()
-    row = session.connection().execute(_FINISH, {
-        "run_id": run_id, "status": status, "error": error, "output": output, "now": utcnow(),
-    }).one()
-    return Run(**row._mapping)
+    params = {"run_id": run_id, "status": status, "error": error, "output": output, "now": utcnow()}
+    if epoch is not None:
+        params["epoch"] = epoch
+    row = session.connection().execute(_FINISH if epoch is None else _FINISH_OWNED, params).first()
+    return None if row is None else Run(**row._mapping)
 
 
-def renew_leases(*, session: Session, worker_id: str, lease_seconds: float) -> None:
-    now = utcnow()
-    session.execute(
+def renew_leases(*, session: Session, worker_id: str, epochs: dict[str, int], lease_seconds: float) -> set[str]:
+    """Extend the lease of each run this worker drives (run id -> epoch); returns the runs it still owns."""
+    if not epochs:
+        return set()
+    query = (
         update(Run)
-        .where(Run.worker_id == worker_id, Run.status == RunStatus.running)
-        .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .where(tuple_(Run.id, Run.executions).in_(list(epochs.items())), Run.status == RunStatus.running)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds), worker_id=worker_id)
+        .returning(Run.id)
     )
+    return set(session.scalars(query).all())
+
+
+def release_run(*, session: Session, run_id: str, epoch: int, retry_in: float) -> Run | None:
+    """Give a run back after an infrastructure failure: any worker resumes it from its last checkpoint
+    once ``retry_in`` seconds have passed. None when this execution no longer owns it."""
+    query = (
+        update(Run)
+        .where(Run.id == run_id, Run.executions == epoch, Run.status == RunStatus.running)
+        .values(worker_id=None, lease_expires_at=utcnow() + timedelta(seconds=retry_in), updated_at=utcnow())
+        .returning(*_RUNS.c)
+    )
+    row = session.execute(query).first()
+    return None if row is None else Run(**row._mapping)
 
 
 def claimable_run_ids(*, session: Session, limit: int) -> list[str]:
@@ -186,10 +222,11 @@ def approvals_by_interrupt(*, session: Session, interrupt_ids: Sequence[str]) ->
 
 
 
-def recorded_responses(*, session: Session, run_id: str) -> dict[str, Any]:
-    """Every recorded connector response of a run, by idempotency key (loaded once per execution)."""
-    query = select(ConnectorCall.idempotency_key, ConnectorCall.response).where(ConnectorCall.run_id == run_id)
-    return {key: response for key, response in session.execute(query).all()}
+def recorded_calls(*, session: Session, run_id: str) -> dict[str, Recorded]:
+    """Every recorded call of a run, by idempotency key (loaded once per execution)."""
+    query = select(ConnectorCall.idempotency_key, ConnectorCall.action, ConnectorCall.request_digest,
+                   ConnectorCall.response).where(ConnectorCall.run_id == run_id)
+    return {key: Recorded(action, digest, response) for key, action, digest, response in session.execute(query).all()}
 
 
 

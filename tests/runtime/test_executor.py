@@ -258,24 +258,28 @@ async def test_background_executor_picks_up_queued_runs(steward: Steward, sandbo
     assert run.status == RunStatus.succeeded
 
 
-async def test_cancel_a_running_run_stops_it(open_custom) -> None:
+async def test_cancel_a_running_run_stops_it_before_its_next_call(open_custom, sandbox) -> None:
     import asyncio
 
-    entered = asyncio.Event()
+    entered, release = asyncio.Event(), asyncio.Event()
 
     async def slow(state: dict, runtime) -> dict:
         entered.set()
-        await asyncio.sleep(3600)  # cancelled long before this ends
+        await release.wait()  # a long computation; the cancel arrives meanwhile
+        await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="1.00")
         return {}
 
-    wf = single_node_workflow("slow", slow, grants=set())
+    wf = single_node_workflow("slow", slow, grants={"pricing.prices.write"})
     async with open_custom([wf]) as steward:
         run, _ = await steward.executor.submit(workflow="slow", input={}, actor="alice")
         driving = asyncio.create_task(steward.executor.drive(run.id))
         await entered.wait()
         requested = await steward.executor.cancel(run_id=run.id, actor="alice")
-        assert requested.cancel_requested
+        assert requested.cancel_requested and requested.status == RunStatus.running
+        release.set()
         run = await driving
         assert run.status == RunStatus.cancelled
         kinds = await events(steward, run.id)
         assert kinds[-1] == "run.cancelled" and "run.cancel_requested" in kinds
+        assert kinds.count("run.cancelled") == 1
+    assert sandbox.state.sandbox.writes == {}, "the cancelled step made no call after the cancel"

@@ -1,0 +1,102 @@
+"""Cooperative cancellation: a call in flight is recorded, the run stops at the step boundary."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TypedDict
+
+import httpx
+from langgraph.graph import END, START, StateGraph
+
+from runtime import StepContext, Workflow, store
+from runtime.models import RunStatus
+from runtime.service import build_connectors
+from tests.fakes import OWNER, Empty, instant_retry
+
+
+class State(TypedDict, total=False):
+    first: str
+    second: str
+
+
+def two_writes() -> Workflow:
+    async def first(state: State, runtime) -> dict:
+        done = await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="111.00")
+        return {"first": done["amount"]}
+
+    async def second(state: State, runtime) -> dict:
+        done = await runtime.context.pricing.set_price(sku="SKU-1002", currency="EUR", amount="122.00")
+        return {"second": done["amount"]}
+
+    def build() -> StateGraph:
+        graph = StateGraph(State, context_schema=StepContext)
+        graph.add_node("first", first)
+        graph.add_node("second", second)
+        graph.add_edge(START, "first")
+        graph.add_edge("first", "second")
+        graph.add_edge("second", END)
+        return graph
+
+    return Workflow(name="two_writes", version="1.0.0", owner=OWNER, description="two writes in two steps",
+                    input_model=Empty, build=build, grants={"pricing.prices.write"})
+
+
+class HeldTransport(httpx.AsyncBaseTransport):
+    """Passes requests to the sandbox, holding each PUT until the test lets it go."""
+
+    def __init__(self, app) -> None:
+        self.inner = httpx.ASGITransport(app=app)
+        self.in_call, self.release = asyncio.Event(), asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            self.in_call.set()
+            await self.release.wait()
+        return await self.inner.handle_async_request(request)
+
+
+async def test_cancel_during_a_call_records_the_call_and_stops_at_the_step_boundary(
+    open_custom, settings, sandbox
+) -> None:
+    transport = HeldTransport(sandbox)
+    held = build_connectors(settings, transport=transport, retry=instant_retry())
+    async with open_custom([two_writes()], {"pricing": held["pricing"]}) as steward:
+        run, _ = await steward.executor.submit(workflow="two_writes", input={}, actor="alice")
+        driving = asyncio.create_task(steward.executor.drive(run.id))
+        await transport.in_call.wait()
+        await steward.executor.cancel(run_id=run.id, actor="alice")
+        transport.release.set()
+        run = await driving
+        assert run.status == RunStatus.cancelled
+        trail = await steward.db.run(lambda s: store.list_audit(session=s, run_id=run.id))
+        kinds = [e.kind for e in trail]
+        recorded = await steward.db.run(lambda s: store.recorded_calls(session=s, run_id=run.id))
+    assert kinds.count("connector.call") == 1, "the write that happened is recorded"
+    assert len(recorded) == 1 and next(iter(recorded.values())).action == "pricing.set_price"
+    assert kinds.index("run.cancel_requested") < kinds.index("run.cancelled") and kinds[-1] == "run.cancelled"
+    assert kinds.count("run.cancelled") == 1
+    assert list(sandbox.state.sandbox.writes.values()) == [1], "the second step never ran"
+    assert sandbox.state.sandbox.prices[("SKU-1002", "EUR")]["amount"] == "100.00"
+    await held["pricing"].aclose()
+
+
+async def test_shutdown_during_a_call_still_records_it(open_custom, settings, sandbox) -> None:
+    """Stopping the process (task cancellation) mid-call: the call's record lands before the task ends."""
+    transport = HeldTransport(sandbox)
+    held = build_connectors(settings, transport=transport, retry=instant_retry())
+    async with open_custom([two_writes()], {"pricing": held["pricing"]}) as steward:
+        run, _ = await steward.executor.submit(workflow="two_writes", input={}, actor="alice")
+        driving = asyncio.create_task(steward.executor.drive(run.id))
+        await transport.in_call.wait()
+        driving.cancel()
+        await asyncio.sleep(0.05)
+        transport.release.set()
+        try:
+            await driving
+        except asyncio.CancelledError:
+            pass
+        recorded = await steward.db.run(lambda s: store.recorded_calls(session=s, run_id=run.id))
+        current = await steward.db.run(lambda s: store.get_run(session=s, run_id=run.id))
+    assert len(recorded) == 1, "the external write is on record for the execution that resumes the run"
+    assert current.status == RunStatus.running  # left for another execution, not failed
+    await held["pricing"].aclose()

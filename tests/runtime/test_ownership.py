@@ -1,0 +1,136 @@
+"""Ownership: a stalled worker after a takeover, and kills between pending writes and the next checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from datetime import timedelta
+
+import httpx
+import pytest
+from sqlalchemy import update
+
+from runtime import audit, store
+from runtime.executor import Executor
+from runtime.models import ApprovalStatus, Run, RunStatus, utcnow
+from runtime.service import open_steward
+from runtime.settings import Settings
+from tests.fakes import single_node_workflow
+
+TERMINAL = {"run.succeeded", "run.failed", "run.rejected", "run.cancelled"}
+
+
+async def expire_lease(steward, run_id: str) -> None:
+    past = utcnow() - timedelta(seconds=1)
+    await steward.db.run(lambda s: s.execute(update(Run).where(Run.id == run_id).values(lease_expires_at=past)))
+
+
+@pytest.mark.parametrize("then", ["writes", "raises"])
+async def test_a_stalled_worker_cannot_change_a_run_another_worker_took_over(open_custom, sandbox, then) -> None:
+    entered, wake = asyncio.Event(), asyncio.Event()
+    executions: list[int] = []
+
+    async def work(state: dict, runtime) -> dict:
+        executions.append(1)
+        if len(executions) == 1:  # worker A stalls here (a long GC pause, a frozen VM)
+            entered.set()
+            await wake.wait()
+            if then == "raises":
+                raise RuntimeError("A's step fails after waking")
+        done = await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="130.00")
+        return {"amount": done["amount"]}
+
+    wf = single_node_workflow("stalls", work, grants={"pricing.prices.write"})
+    async with open_custom([wf]) as steward:
+        a = steward.executor
+        run, _ = await a.submit(workflow="stalls", input={}, actor="alice")
+        driving_a = asyncio.create_task(a.drive(run.id))
+        await entered.wait()
+        await expire_lease(steward, run.id)
+        b = Executor(db=steward.db, registry=steward.registry, connectors=a.connectors, checkpointer=a.checkpointer,
+                     lease_seconds=5)
+        finished = await b.drive(run.id)
+        assert finished.status == RunStatus.succeeded and finished.output == {"amount": "130.00"}
+        wake.set()
+        seen_by_a = await driving_a
+        assert seen_by_a.status == RunStatus.succeeded, "A stops without changing what B left"
+        current = await steward.db.run(lambda s: store.get_run(session=s, run_id=run.id))
+        trail = await steward.db.run(lambda s: store.list_audit(session=s, run_id=run.id))
+        verified = await steward.db.run(audit.verify)
+    assert current.status == RunStatus.succeeded and current.output == {"amount": "130.00"} and current.error is None
+    kinds = [e.kind for e in trail]
+    assert [k for k in kinds if k in TERMINAL] == ["run.succeeded"] and kinds[-1] == "run.succeeded"
+    assert verified.ok
+    assert list(sandbox.state.sandbox.writes.values()) == [1]
+
+
+async def test_lease_renewal_that_finds_the_run_gone_stops_the_execution(open_custom, sandbox) -> None:
+    entered, wake = asyncio.Event(), asyncio.Event()
+
+    async def work(state: dict, runtime) -> dict:
+        entered.set()
+        await wake.wait()
+        await runtime.context.pricing.set_price(sku="SKU-1002", currency="EUR", amount="1.00")
+        return {}
+
+    wf = single_node_workflow("stalls_again", work, grants={"pricing.prices.write"})
+    async with open_custom([wf]) as steward:
+        run, _ = await steward.executor.submit(workflow="stalls_again", input={}, actor="alice")
+        driving = asyncio.create_task(steward.executor.drive(run.id))
+        await entered.wait()
+        # another worker claimed it: the epoch moved on
+        await steward.db.run(lambda s: s.execute(
+            update(Run).where(Run.id == run.id).values(executions=Run.executions + 1, worker_id="other:1:x")))
+        await steward.executor._renew()
+        wake.set()
+        seen = await driving
+    assert seen.status == RunStatus.running and seen.worker_id == "other:1:x"
+    assert sandbox.state.sandbox.writes == {}, "a fenced execution makes no further external call"
+
+
+PRICE_115 = {"items": [{"sku": "SKU-1001", "new_price": "115.00", "currency": "EUR"}], "reason": "supplier cost up"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("phase", "k"), [("first", 1), ("first", 2), ("first", 3), ("after_approval", 1),
+                                          ("after_approval", 2)])
+async def test_killed_between_pending_writes_and_checkpoint_the_run_continues(
+    database_url, sandbox_process, cli_env, tmp_path, phase, k
+) -> None:
+    settings = Settings(database_url=database_url, crm_url=f"{sandbox_process}/crm",
+                        pricing_url=f"{sandbox_process}/pricing", demo=True, lease_seconds=600)
+
+    def kill_during_drive(run_id: str) -> None:
+        env = {**cli_env, "STEWARD_LEASE_SECONDS": "600"}
+        done = subprocess.run([sys.executable, "-m", "tests.kill_driver", run_id, str(k)], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 137, done.stderr[-3000:]
+
+    async with open_steward(settings) as steward:
+        ex = steward.executor
+        run, _ = await ex.submit(workflow="price_change", input=PRICE_115, actor="alice")
+        if phase == "after_approval":
+            await ex.drive(run.id)
+            [approval] = await steward.db.run(lambda s: store.list_approvals(session=s, run_id=run.id))
+            await ex.decide(approval_id=approval.id, decision="approve", actor="bob")
+        await asyncio.to_thread(kill_during_drive, run.id)
+        killed = await steward.db.run(lambda s: store.get_run(session=s, run_id=run.id))
+        assert killed.status == RunStatus.running, "the dead worker left it running"
+
+        run = await ex.drive(run.id)  # the worker died on this host: taken over at once
+        if phase == "first":
+            assert run.status == RunStatus.waiting_approval, run.error
+            [approval] = await steward.db.run(
+                lambda s: store.list_approvals(session=s, run_id=run.id, status=ApprovalStatus.pending))
+            assert approval.arguments["changes"][0]["new_price"] == "115.00"
+            await ex.decide(approval_id=approval.id, decision="approve", actor="bob")
+            run = await ex.drive(run.id)
+        assert run.status == RunStatus.succeeded, run.error
+        assert run.output["summary"] == {"changed": 1, "largest_change_pct": "15.00", "approved_by": "bob",
+                                         "reason": "supplier cost up"}
+        assert (await steward.db.run(audit.verify)).ok
+    writes = httpx.get(f"{sandbox_process}/_writes").json()
+    assert writes["total"] == 1, writes
+    assert httpx.get(f"{sandbox_process}/pricing/prices/SKU-1001",
+                     headers={"Authorization": "Bearer sandbox-token"}).json()["amount"] == "115.00"
