@@ -35,6 +35,7 @@ async def open_checkpointer(db: Database, *, pool_size: int = 10) -> AsyncIterat
     pool = AsyncConnectionPool(
         db.libpq_url,
         max_size=pool_size,
+        check=AsyncConnectionPool.check_connection,  # a connection the server dropped is replaced, not handed out
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
         open=False,
     )

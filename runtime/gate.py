@@ -198,6 +198,7 @@ class Gate:
                     "superstep": site.superstep, "position": position, "action": action, "effect": RECORD,
                     "request_digest": request_digest, "response": value, "attempts": 1,
                 }, value_json)],
+                remember={key: Recorded(action, request_digest, value)},
             )
             return value
 
@@ -282,5 +283,6 @@ class Gate:
                 "position": position, "action": spec.name, "effect": spec.effect.value,
                 "request_digest": request_digest, "response": response, "attempts": call.attempts,
             }, response_json)],
+            remember={key: Recorded(spec.name, request_digest, response)},
         )
         return response

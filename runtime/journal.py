@@ -110,15 +110,19 @@ class Journal:
             raise self.stopping
 
     def record_call(self, row: dict[str, Any], response_json: str) -> CursorOp:
-        self.recorded[row["idempotency_key"]] = Recorded(row["action"], row["request_digest"], row["response"])
+        """The statement that records a call; pass it to :meth:`commit`, which remembers the call
+        for replays once the transaction is committed (never before)."""
         raw = self._raw
         params = (row["idempotency_key"], row["run_id"], row["node"], row["superstep"], row["position"],
                   row["action"], row["effect"], row["request_digest"], response_json, row["attempts"],
                   raw.time(utcnow()))
         return lambda cursor: cursor.execute(raw.sql(_INSERT_CALL), params)
 
-    async def commit(self, events: list[dict[str, Any]], *, ops: list[CursorOp] = ()) -> None:
-        """Write everything pending plus ``ops`` and ``events`` in one transaction."""
+    async def commit(self, events: list[dict[str, Any]], *, ops: list[CursorOp] = (),
+                     remember: dict[str, Recorded] | None = None) -> None:
+        """Write everything pending plus ``ops`` and ``events`` in one transaction; then remember the
+        recorded calls in ``remember`` (by idempotency key) for replays within this execution."""
+        remember = remember or {}
         pending_ops, pending_events = self._take()
         ops, events = [*pending_ops, *ops], [*pending_events, *events]
         try:
@@ -126,6 +130,8 @@ class Journal:
         except BaseException:
             self._ops[:0], self._events[:0] = pending_ops, pending_events
             raise
+        for key, recorded in remember.items():
+            self.recorded[key] = recorded
 
     def flush_into(self, session: Session, *, fence: bool = True) -> None:
         """Write what is pending inside the execution's last transaction, which the caller runs (and may
