@@ -109,8 +109,10 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (STEWARD_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (STEWARD_PORT)")] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Demo mode: seed demo tokens, print them")] = False,
+    worker: Annotated[bool, typer.Option("--worker/--no-worker",
+                                         help="Also execute runs here (--no-worker: API only)")] = True,
 ) -> None:
-    """Serve the API, the executor and the sandbox (upgrades a SQLite database first)."""
+    """Serve the API, the executor (unless --no-worker) and the sandbox (upgrades a SQLite database first)."""
     import uvicorn
 
     from runtime.app import DEMO_TOKENS, create_app
@@ -130,7 +132,39 @@ def serve(
             typer.echo(f"demo token for {user}: {token}")
         typer.echo(f"try: curl -H 'Authorization: Bearer {DEMO_TOKENS['demo.operator']}' {url}/api/v1/runs")
     sys.stdout.flush()
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="info")
+    uvicorn.run(create_app(config, start_executor=worker), host=config.host, port=config.port, log_level="info")
+
+
+@app.command("worker")
+def worker_command(
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Runs driven at once (STEWARD_EXECUTOR_CONCURRENCY)")]
+    = None,
+) -> None:
+    """Execute runs, no HTTP: claim queued runs from the database (any number of workers may share a
+    PostgreSQL database) until SIGTERM or Ctrl-C, then drain and give the runs in flight back."""
+    import signal
+
+    config = settings()
+    if concurrency is not None:
+        config = config.model_copy(update={"executor_concurrency": concurrency})
+
+    async def main() -> None:
+        async with open_steward(config) as steward:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await steward.executor.start()
+            typer.echo(f"Steward worker {steward.executor.worker_id} on {config.database_url} "
+                       f"({config.executor_concurrency} runs at once)")
+            sys.stdout.flush()
+            await stop.wait()
+            typer.echo("stopping: draining runs in flight")
+
+    try:
+        asyncio.run(main())
+    except StewardError as exc:
+        fail(exc.message.splitlines()[0], code=2 if 400 <= exc.status_code < 500 else 1)
 
 
 @app.command()

@@ -187,6 +187,7 @@ class Executor:
                     store.insert_run(session=session, run=run)
                 audit.append(session, kind="run.created", actor=actor, run=run,
                              data={"input_digest": audit.digest(data), "owner": wf.owner.email})
+                store.notify_queued(session=session)
                 return run, True
 
             def same_request(existing: Run) -> Run:
@@ -236,6 +237,7 @@ class Executor:
                     session.flush()
                     audit.append(session, kind="run.queued", actor=actor, run=run,
                                  data={"reason": "approval decided"})
+                    store.notify_queued(session=session)
             session.flush()
             session.refresh(approval)
             return approval
@@ -284,18 +286,27 @@ class Executor:
                     run = claim(force_from=current.worker_id)
                 if run is None:
                     return current, None
-            fresh = run.executions == 1
-            return run, Journal(
-                db=self.db, run=run, actor=SYSTEM, lease_seconds=self.lease_seconds,
-                recorded={} if fresh else store.recorded_calls(session=session, run_id=run_id),
-                open_steps={} if fresh else {step.task_id: step.node
-                                             for step in store.list_steps(session=session, run_id=run_id)
-                                             if step.status is StepStatus.running},
-            )
+            return run, self._journal(session, run)
 
         run, journal = await self.db.run(claim)
         if journal is None:
             return run
+        return await self._drive_claimed(run, journal)
+
+    def _journal(self, session: Session, run: Run) -> Journal:
+        """The write path of a new execution of ``run``, with what earlier executions recorded."""
+        fresh = run.executions == 1
+        return Journal(
+            db=self.db, run=run, actor=SYSTEM, lease_seconds=self.lease_seconds,
+            recorded={} if fresh else store.recorded_calls(session=session, run_id=run.id),
+            open_steps={} if fresh else {step.task_id: step.node
+                                         for step in store.list_steps(session=session, run_id=run.id)
+                                         if step.status is StepStatus.running},
+        )
+
+    async def _drive_claimed(self, run: Run, journal: Journal | None = None) -> Run:
+        if journal is None:
+            journal = await self.db.run(lambda session: self._journal(session, run))
         execution = Execution(journal)
         if run.cancel_requested:
             execution.stop(RunCancelled(f"run {run.id} was cancelled"))
@@ -398,21 +409,25 @@ class Executor:
             log.warning("run %s: execution %s lost the run to another worker; it stops without writing",
                         run.id, journal.epoch)
             return await self.db.run(lambda s: store.get_run(session=s, run_id=run.id))
-        return await self._suspend(run, journal, exc)  # drained for shutdown: another execution resumes it
+        if isinstance(exc, GraphDrained):  # this process is stopping: any worker resumes the run at once
+            return await self._suspend(run, journal, exc, retry_in=0.0, kind="run.released")
+        return await self._suspend(run, journal, exc)
 
-    async def _suspend(self, run: Run, journal: Journal, exc: BaseException) -> Run:
+    async def _suspend(self, run: Run, journal: Journal, exc: BaseException, *, retry_in: float | None = None,
+                       kind: str = "run.suspended") -> Run:
         """An infrastructure failure is not the workflow's: give the run back so that an execution
         resumes it from its last checkpoint after a pause; if even that fails, its lease lapses."""
-        retry_in = min(self.lease_seconds, 2.0)
-        log.warning("run %s suspended after an infrastructure error (%s: %s); resuming in %.1fs",
-                    run.id, type(exc).__name__, exc, retry_in)
+        retry_in = min(self.lease_seconds, 2.0) if retry_in is None else retry_in
+        log.warning("run %s given back (%s: %s); resuming in %.1fs", run.id, type(exc).__name__, exc, retry_in)
 
         def release(session: Session) -> Run:
             journal.flush_into(session)
             released = store.release_run(session=session, run_id=run.id, epoch=journal.epoch, retry_in=retry_in)
             assert released is not None  # the fence above held the row
-            audit.append(session, kind="run.suspended", actor=SYSTEM, run=released, data={
+            audit.append(session, kind=kind, actor=SYSTEM, run=released, data={
                 "error": type(exc).__name__, "message": str(exc)[:500], "retry_in_seconds": retry_in})
+            if retry_in == 0:
+                store.notify_queued(session=session)
             return released
 
         try:
@@ -506,41 +521,73 @@ class Executor:
     # -- the background loop -------------------------------------------------------------
 
     async def start(self, *, poll: bool = True) -> None:
-        """Renew this worker's leases in the background and, with ``poll``, pick up queued and orphaned runs."""
+        """Renew this worker's leases in the background and, with ``poll``, pick up queued and orphaned
+        runs: at once when woken (a submit or decision in this process, or a PostgreSQL notification
+        from any process), else every ``poll_seconds``."""
         self._stopping = False
         self._loops = [asyncio.create_task(self._lease_loop())]
         if poll:
             self._loops.append(asyncio.create_task(self._poll_loop()))
+            if not self.db.is_sqlite:
+                self._loops.append(asyncio.create_task(self._listen_loop()))
 
-    async def stop(self) -> None:
+    async def stop(self, *, grace_seconds: float = 5.0) -> None:
+        """Stop: running executions are drained at their next superstep boundary and given back for
+        any worker to resume at once; those still running after ``grace_seconds`` are cancelled (a
+        connector call in flight is recorded first) and resumed when their lease lapses."""
         self._stopping = True
-        for task in [*self._loops, *self._tasks.values()]:
+        for task in self._loops:
             task.cancel()
-        for task in [*self._loops, *self._tasks.values()]:
+        for execution in list(self._executions.values()):
+            execution.control.request_drain("shutdown")
+        running = list(self._tasks.values())
+        if running:
+            _, pending = await asyncio.wait(running, timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+        for task in [*self._loops, *running]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._loops = []
 
     async def _poll_loop(self) -> None:
         while not self._stopping:
+            self._wake.clear()
             try:
                 await self._adopt_dead_local_runs()
                 free = self.concurrency - len(self._tasks)
                 if free > 0:
-                    ids = await self.db.run(lambda s: store.claimable_run_ids(session=s, limit=free))
-                    for run_id in ids:
-                        if run_id not in self._tasks:
-                            self._spawn(run_id)
+                    claimed = await self.db.run(lambda s: store.claim_next_runs(
+                        session=s, worker_id=self.worker_id, lease_seconds=self.lease_seconds, limit=free))
+                    for run in claimed:
+                        self._spawn(run.id, self._drive_claimed(run))
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("executor poll failed; retrying")
-            self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
 
-    def _spawn(self, run_id: str) -> None:
-        task = asyncio.create_task(self.drive(run_id))
+    async def _listen_loop(self) -> None:
+        """Wake the poll loop when any process queues a run (PostgreSQL ``LISTEN``); reconnects."""
+        import psycopg
+
+        while not self._stopping:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.db.libpq_url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {store.RUNS_CHANNEL}")
+                    self._wake.set()  # runs queued while not listening
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("listening for queued runs failed; polling every %.1fs until it reconnects",
+                            self.poll_seconds, exc_info=True)
+                await asyncio.sleep(self.poll_seconds)
+
+    def _spawn(self, run_id: str, work: Any = None) -> None:
+        task = asyncio.create_task(work if work is not None else self.drive(run_id))
         self._tasks[run_id] = task
         task.add_done_callback(functools.partial(self._driven, run_id))
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, or_, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from runtime.errors import ApprovalNotFound, RunNotFound, Unauthorized
@@ -176,15 +176,41 @@ def release_run(*, session: Session, run_id: str, epoch: int, retry_in: float) -
     return None if row is None else Run(**row._mapping)
 
 
-def claimable_run_ids(*, session: Session, limit: int) -> list[str]:
+RUNS_CHANNEL = "steward_runs"
+
+
+def notify_queued(*, session: Session) -> None:
+    """Tell every listening worker that a run is ready, when this transaction commits (PostgreSQL
+    ``NOTIFY``; on SQLite there is one process, woken directly)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"NOTIFY {RUNS_CHANNEL}"))
+
+
+def claim_next_runs(*, session: Session, worker_id: str, lease_seconds: float, limit: int) -> list[Run]:
+    """Claim up to ``limit`` runs that are queued or whose lease ran out, oldest first.
+
+    On PostgreSQL the candidates are locked with ``FOR UPDATE SKIP LOCKED``, so any number of
+    workers claim concurrently without waiting for each other or claiming one run twice; SQLite
+    has one writer. Each claim starts a new execution (the epoch ``executions`` moves on)."""
     now = utcnow()
-    query = (
-        select(Run.id)
-        .where(or_(Run.status == RunStatus.queued, (Run.status == RunStatus.running) & (Run.lease_expires_at < now)))
-        .order_by(Run.created_at)
+    candidates = (
+        select(_RUNS.c.id)
+        .where(or_(_RUNS.c.status == RunStatus.queued,
+                   and_(_RUNS.c.status == RunStatus.running, _RUNS.c.lease_expires_at < now)))
+        .order_by(_RUNS.c.created_at)
         .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
     )
-    return list(session.scalars(query).all())
+    query = (
+        update(_RUNS)
+        .where(_RUNS.c.id.in_(candidates), _TAKEABLE)
+        .values(status=RunStatus.running, worker_id=worker_id, lease_expires_at=now + timedelta(seconds=lease_seconds),
+                updated_at=now, executions=_RUNS.c.executions + 1)
+        .returning(*_RUNS.c)
+    )
+    rows = session.connection().execute(query, {"now": now, "force_from": None}).all()
+    return [Run(**row._mapping) for row in rows]
 
 
 def running_runs_by_worker_prefix(*, session: Session, prefix: str) -> Sequence[tuple[str, str]]:

@@ -71,16 +71,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         _drop_pg_database(_template)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'steward.db'}"
-        return
+def fresh_postgres_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for one test, dropped afterwards."""
     name, url = _fresh_pg_database()
     try:
         yield url
     finally:
         _drop_pg_database(name)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'steward.db'}"
+        return
+    yield from fresh_postgres_url()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 import threading
 import time
 
@@ -13,9 +14,16 @@ from sqlalchemy.engine import make_url
 
 from runtime import StepContext, Workflow, audit, store
 from runtime.models import RunStatus
+from tests.conftest import fresh_postgres_url
 from tests.fakes import OWNER, Empty
 
 STEPS = 6
+
+
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url() -> Iterator[str]:
+    """PostgreSQL only: connection termination is a PostgreSQL server feature; SQLite has no connections to drop."""
+    yield from fresh_postgres_url()
 
 
 def slow_chain() -> Workflow:
@@ -54,8 +62,6 @@ def terminate_connections(dbname: str, stop: threading.Event, terminated: list[i
 
 @pytest.mark.slow
 async def test_connections_dropped_repeatedly_for_15s_while_30_runs_execute(open_custom, database_url, sandbox):
-    if not database_url.startswith("postgresql"):
-        pytest.skip("connection termination is a PostgreSQL server feature; SQLite has no connections to drop")
     dbname = make_url(database_url).database
     async with open_custom([slow_chain()]) as steward:
         ex = steward.executor
