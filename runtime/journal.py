@@ -1,8 +1,8 @@
 """One execution's writes, batched into as few transactions as durability allows.
 
-A run's steps are its ``step.started`` / ``step.finished`` audit events (the
-API folds them into steps). Events that describe no external effect (``run.started``,
-``step.started``, ``step.finished``) wait in memory and are written with the next transaction of
+A run's steps are rows of ``run_steps``, each also told to the audit chain as a
+``step.started`` / ``step.finished`` event. Writes that describe no external effect
+(``run.started``, the steps) wait in memory and are written with the next transaction of
 the same run: a connector call's record, a pause for approval, the run's end.
 Everything with an external effect is written before the step goes on. After a
 crash, a step that began but whose end was never written is reconciled against
@@ -34,6 +34,11 @@ _INSERT_CALL = ("INSERT INTO connector_calls (idempotency_key, run_id, node, sup
 # run, then its children, then the audit head), renews the lease, and matches no row once another
 # execution has claimed the run (the epoch moved on) or the run has left ``running``.
 _FENCE = "UPDATE runs SET lease_expires_at = ? WHERE id = ? AND executions = ? AND status = 'running'"
+# A task run again (after a resume) starts its step over.
+_START_STEP = ("INSERT INTO run_steps (run_id, task_id, node, status, started_at) VALUES (?, ?, ?, 'running', ?)"
+               " ON CONFLICT (run_id, task_id) DO UPDATE SET node = excluded.node, status = 'running',"
+               " started_at = excluded.started_at, finished_at = NULL, error = NULL")
+_FINISH_STEP = "UPDATE run_steps SET status = ?, finished_at = ?, error = {json} WHERE run_id = ? AND task_id = ?"
 
 
 class Recorded(NamedTuple):
@@ -78,6 +83,9 @@ class Journal:
         if task_id in self._started:
             return
         self._started.add(task_id)
+        raw, now = self._raw, utcnow()
+        params = (self.run.id, task_id, node, raw.time(now))
+        self._ops.append(lambda cursor: cursor.execute(raw.sql(_START_STEP), params))
         # Every span of a run shares the run's trace, so its id needs no span to look at.
         self.defer(self.event("step.started", {"node": node, "task_id": task_id}, trace_id=self.run.trace_id,
                               trusted=True))
@@ -87,6 +95,9 @@ class Journal:
         """Note that a task ended; written with the run's next transaction (see :meth:`recover_steps`)."""
         self._started.discard(task_id)
         self._open.pop(task_id, None)
+        raw = self._raw
+        params = (status.value, raw.time(utcnow()), raw.json(error), self.run.id, task_id)
+        self._ops.append(lambda cursor: cursor.execute(raw.sql(_FINISH_STEP), params))
         data = {"node": node, "task_id": task_id, "status": status.value, "error": error}
         if recovered:
             data["recovered"] = True

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import enum
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -101,16 +100,19 @@ class StepStatus(str, enum.Enum):
     interrupted = "interrupted"
 
 
-@dataclass
-class RunStep:
-    """One execution of one graph node (a LangGraph task), folded from the run's audit events."""
+class RunStep(SQLModel, table=True):
+    """One execution of one graph node (a LangGraph task). A task run again after a resume starts
+    its step over; steps live in their own table, so audit retention never changes them."""
 
-    task_id: str
-    node: str
-    status: StepStatus
-    started_at: datetime
-    finished_at: datetime | None = None
-    error: dict[str, Any] | None = None
+    __tablename__ = "run_steps"
+
+    run_id: str = Field(foreign_key="runs.id", primary_key=True, max_length=32)
+    task_id: str = Field(primary_key=True, max_length=64)
+    node: str = Field(max_length=200)
+    status: StepStatus = Field(max_length=20)
+    started_at: datetime = _ts()
+    finished_at: datetime | None = _ts_opt()
+    error: dict[str, Any] | None = _json()
 
 
 class ApprovalStatus(str, enum.Enum):

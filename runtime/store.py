@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, or_, select, text, tuple_, update
@@ -63,27 +63,10 @@ def find_run_by_idempotency_key(*, session: Session, key: str) -> Run | None:
     return session.scalars(select(Run).where(Run.idempotency_key == key)).first()
 
 
-STEP_EVENTS = ("step.started", "step.finished")
-
-
-def list_steps(*, session: Session, run_id: str) -> list[RunStep]:
-    """A run's steps in the order they started, folded from its ``step.*`` audit events."""
-    query = (
-        select(AuditEvent.kind, AuditEvent.created_at, AuditEvent.data)
-        .where(AuditEvent.run_id == run_id, AuditEvent.kind.in_(STEP_EVENTS))
-        .order_by(AuditEvent.seq)
-    )
-    steps: dict[str, RunStep] = {}
-    for kind, created_at, data in session.execute(query).all():
-        at = datetime.fromisoformat(created_at)
-        if kind == "step.started":  # a re-executed task (after a resume) starts its step over
-            steps.pop(data["task_id"], None)
-            steps[data["task_id"]] = RunStep(task_id=data["task_id"], node=data["node"], status=StepStatus.running,
-                                             started_at=at)
-        elif data["task_id"] in steps:
-            step = steps[data["task_id"]]
-            step.status, step.finished_at, step.error = StepStatus(data["status"]), at, data.get("error")
-    return list(steps.values())
+def list_steps(*, session: Session, run_id: str) -> Sequence[RunStep]:
+    """A run's steps in the order they started."""
+    query = select(RunStep).where(RunStep.run_id == run_id).order_by(RunStep.started_at, RunStep.task_id)
+    return session.scalars(query).all()
 
 
 _RUNS = Run.__table__

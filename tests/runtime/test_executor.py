@@ -283,3 +283,18 @@ async def test_cancel_a_running_run_stops_it_before_its_next_call(open_custom, s
         assert kinds[-1] == "run.cancelled" and "run.cancel_requested" in kinds
         assert kinds.count("run.cancelled") == 1
     assert sandbox.state.sandbox.writes == {}, "the cancelled step made no call after the cancel"
+
+
+async def test_steps_have_their_own_table_and_outlive_audit_retention(steward: Steward) -> None:
+    from sqlalchemy import delete
+
+    from runtime.models import AuditEvent, StepStatus
+
+    run, _ = await steward.executor.submit(workflow="price_change", input=PRICE_105, actor="alice")
+    run = await steward.executor.drive(run.id)
+    before = await steward.db.run(lambda s: store.list_steps(session=s, run_id=run.id))
+    assert [(s.node, s.status) for s in before] == [
+        ("read_prices", StepStatus.succeeded), ("apply_prices", StepStatus.succeeded), ("record", StepStatus.succeeded)]
+    await steward.db.run(lambda s: s.execute(delete(AuditEvent).where(AuditEvent.run_id == run.id)))
+    after = await steward.db.run(lambda s: store.list_steps(session=s, run_id=run.id))
+    assert [(s.node, s.status, s.started_at) for s in after] == [(s.node, s.status, s.started_at) for s in before]
