@@ -71,7 +71,9 @@ def _causes(exc: BaseException) -> list[BaseException]:
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         chain.append(exc)
-        exc = exc.__cause__ or exc.__context__ or getattr(exc, "orig", None)
+        # Causes only, not the exception being handled when this one was raised: a workflow error
+        # raised while handling a database error is still the workflow's.
+        exc = exc.__cause__ or getattr(exc, "orig", None)
     return chain
 
 
