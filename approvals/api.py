@@ -9,10 +9,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from runtime import store
+from approvals import service
+from approvals.models import ApprovalStatus
+from approvals.schemas import ApprovalPublic, DecisionCreate
+from approvals.store import get_approval as get_one
+from approvals.store import list_approvals as list_some
 from runtime.api.deps import StewardDep, UserDep
-from runtime.api.schemas import ApprovalPublic, DecisionCreate
-from runtime.models import ApprovalStatus
 
 router = APIRouter(prefix="/approvals", tags=["approvals"])
 
@@ -25,21 +27,19 @@ async def list_approvals(
     run_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[ApprovalPublic]:
-    found = await steward.db.run(
-        lambda s: store.list_approvals(session=s, status=status, run_id=run_id, limit=limit))
+    found = await steward.db.run(lambda s: list_some(session=s, status=status, run_id=run_id, limit=limit))
     return [ApprovalPublic.model_validate(a) for a in found]
 
 
 @router.get("/{approval_id}", response_model=ApprovalPublic, summary="One approval request")
 async def get_approval(approval_id: str, steward: StewardDep, _: UserDep) -> ApprovalPublic:
-    approval = await steward.db.run(lambda s: store.get_approval(session=s, approval_id=approval_id))
+    approval = await steward.db.run(lambda s: get_one(session=s, approval_id=approval_id))
     return ApprovalPublic.model_validate(approval)
 
 
 @router.post("/{approval_id}/decision", response_model=ApprovalPublic, summary="Approve or reject")
 async def decide(approval_id: str, body: DecisionCreate, steward: StewardDep, user: UserDep) -> ApprovalPublic:
     """Record the caller's decision; the run resumes with it. Deciding twice answers 409."""
-    approval = await steward.executor.decide(
-        approval_id=approval_id, decision=body.decision, actor=user, comment=body.comment
-    )
+    approval = await service.decide(steward, approval_id=approval_id, decision=body.decision, actor=user,
+                                    comment=body.comment)
     return ApprovalPublic.model_validate(approval)

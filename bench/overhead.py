@@ -32,6 +32,7 @@ from pydantic import BaseModel
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from approvals.store import PORT  # noqa: E402
 from runtime import Connector, Effect, Owner, RetryPolicy, StepContext, Workflow, action  # noqa: E402
 from runtime.checkpoint import open_checkpointer  # noqa: E402
 from runtime.db import Database  # noqa: E402
@@ -115,7 +116,8 @@ async def measure(database_url: str, runs: int, warmup: int) -> dict[str, list[f
     results: dict[str, list[float]] = {"raw": [], "steward": []}
     async with open_checkpointer(db) as saver:
         raw = raw_graph(client).compile(checkpointer=saver)
-        executor = Executor(db=db, registry=Registry([WORKFLOW]), connectors={"bench": connector}, checkpointer=saver)
+        executor = Executor(db=db, registry=Registry([WORKFLOW]), connectors={"bench": connector}, checkpointer=saver,
+                            approvals=PORT)
         for i in range(warmup + runs):
             # alternate so drift (cache, disk) hits both sides alike
             started = time.perf_counter()

@@ -3,6 +3,7 @@
 >>> from runtime import Workflow, Owner, StepContext
 """
 
+from runtime.approval import ApprovalDecision
 from runtime.connectors import (
     Connector,
     CrmConnector,
@@ -25,6 +26,7 @@ from runtime.errors import (
 from runtime.sdk import Owner, Registry, Workflow
 
 __all__ = [
+    "ApprovalDecision",
     "ApprovalRejected",
     "Connector",
     "ConnectorError",

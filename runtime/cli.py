@@ -23,7 +23,7 @@ from runtime import audit, store
 from runtime.api.schemas import StepPublic
 from runtime.db import Database
 from runtime.errors import StewardError
-from runtime.models import ApprovalStatus, RunStatus
+from runtime.models import RunStatus
 from runtime.service import Steward, open_steward
 from runtime.settings import Settings
 from runtime.telemetry import tracer
@@ -31,12 +31,10 @@ from runtime.telemetry import tracer
 app = typer.Typer(help="Steward: a governed runtime for AI automations.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 runs_app = typer.Typer(help="Inspect and cancel runs.", no_args_is_help=True)
-approvals_app = typer.Typer(help="List and decide approval requests.", no_args_is_help=True)
 audit_app = typer.Typer(help="Read and verify the audit trail.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 tokens_app = typer.Typer(help="API tokens.", no_args_is_help=True)
-for sub, name in [(runs_app, "runs"), (approvals_app, "approvals"), (audit_app, "audit"), (db_app, "db"),
-                  (tokens_app, "tokens")]:
+for sub, name in [(runs_app, "runs"), (audit_app, "audit"), (db_app, "db"), (tokens_app, "tokens")]:
     app.add_typer(sub, name=name)
 
 T = TypeVar("T")
@@ -98,9 +96,8 @@ async def drive_and_show(steward: Steward, run_id: str) -> dict[str, Any]:
             await asyncio.sleep(0.5)
             run = await steward.db.run(lambda s: store.get_run(session=s, run_id=run_id))
     view = run_view(run)
-    pending = await steward.db.run(
-        lambda s: store.list_approvals(session=s, run_id=run_id, status=ApprovalStatus.pending))
-    view["pending_approval_ids"] = [a.id for a in pending]
+    view["pending_approval_ids"] = await steward.db.run(
+        lambda s: steward.executor.approvals.pending_ids(s, run_id=run_id))
     return view
 
 
@@ -217,15 +214,15 @@ def runs_list(
 def runs_show(run_id: str) -> None:
     """One run with its steps and pending approvals, as JSON."""
 
-    def read(session: Any) -> tuple[Any, Any, Any]:
-        return (store.get_run(session=session, run_id=run_id), store.list_steps(session=session, run_id=run_id),
-                store.list_approvals(session=session, run_id=run_id, status=ApprovalStatus.pending))
-
     async def go(steward: Steward) -> dict[str, Any]:
+        def read(session: Any) -> tuple[Any, Any, list[str]]:
+            return (store.get_run(session=session, run_id=run_id), store.list_steps(session=session, run_id=run_id),
+                    steward.executor.approvals.pending_ids(session, run_id=run_id))
+
         run, steps, pending = await steward.db.run(read)
         view = run_view(run)
         view["steps"] = [StepPublic.model_validate(step).model_dump(mode="json") for step in steps]
-        view["pending_approval_ids"] = [a.id for a in pending]
+        view["pending_approval_ids"] = pending
         return view
 
     emit(with_steward(go))
@@ -237,42 +234,6 @@ def runs_cancel(run_id: str, actor: AsUser = DEFAULT_USER) -> None:
 
     async def go(steward: Steward) -> dict[str, Any]:
         return run_view(await steward.executor.cancel(run_id=run_id, actor=actor))
-
-    emit(with_steward(go))
-
-
-@approvals_app.command("list")
-def approvals_list(
-    status: Annotated[ApprovalStatus | None, typer.Option(help="Default: pending")] = ApprovalStatus.pending,
-) -> None:
-    """Approval requests: id, run, action, reason."""
-
-    async def go(steward: Steward) -> list[Any]:
-        return list(await steward.db.run(lambda s: store.list_approvals(session=s, status=status)))
-
-    for a in with_steward(go):
-        typer.echo(f"{a.id}  run {a.run_id}  {a.status.value:<9} {a.action}  {a.reason}")
-        typer.echo(f"    arguments: {json.dumps(a.arguments, ensure_ascii=False)}")
-
-
-@approvals_app.command("decide")
-def approvals_decide(
-    approval_id: str,
-    decision: Annotated[str, typer.Argument(help="approve or reject")],
-    actor: AsUser = DEFAULT_USER,
-    comment: Annotated[str, typer.Option(help="Why")] = "",
-    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Resume the run here")] = True,
-) -> None:
-    """Approve or reject; by default the run resumes here and its new state is printed."""
-    if decision not in ("approve", "reject"):
-        fail(f"decision must be approve or reject, not {decision!r}")
-
-    async def go(steward: Steward) -> dict[str, Any]:
-        approval = await steward.executor.decide(approval_id=approval_id, decision=decision, actor=actor,
-                                                 comment=comment)
-        if not wait:
-            return approval.model_dump(mode="json")
-        return await drive_and_show(steward, approval.run_id)
 
     emit(with_steward(go))
 
@@ -335,7 +296,17 @@ def tokens_create(user: Annotated[str, typer.Option(help="Who the token acts as"
     typer.echo(with_steward(go))
 
 
+# Command groups of other layers, named like the routers (the engine imports none of them).
+COMMANDS = ("approvals.cli:app",)
+
+
 def main() -> None:
+    from runtime.sdk import load_object
+
+    specs = json.loads(os.environ["STEWARD_CLI_COMMANDS"]) if os.environ.get("STEWARD_CLI_COMMANDS") else COMMANDS
+    for spec in specs:
+        group = load_object(spec)
+        app.add_typer(group, name=group.info.name)
     app()
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from runtime.models import utcnow
 
 if TYPE_CHECKING:
+    from runtime.approval import ApprovalDecision
     from runtime.connectors import Connector, CrmConnector, PricingConnector
     from runtime.gate import Gate
 
@@ -72,6 +73,7 @@ class StepContext:
         """
         return await self._gate.record(name, fn, *args, **kwargs)
 
-    async def request_approval(self, *, action: str, arguments: dict[str, Any], reason: str) -> dict[str, Any]:
-        """Pause the run until a person approves exactly ``arguments`` (see :meth:`Gate.require_approval`)."""
+    async def request_approval(self, *, action: str, arguments: dict[str, Any], reason: str) -> ApprovalDecision:
+        """Pause the run until a person approves exactly ``arguments``; returns the decision (who, why,
+        the approved arguments). A rejection raises :class:`ApprovalRejected` (see :meth:`Gate.require_approval`)."""
         return await self._gate.require_approval(action=action, arguments=arguments, reason=reason)

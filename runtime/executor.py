@@ -6,7 +6,7 @@ dead process is taken over (at once when that process lived on this host, else
 when its lease runs out) and continues from its last checkpoint. Checkpoints are
 written with ``durability="sync"``: each superstep is on disk before the next starts.
 
->>> executor = Executor(db=db, registry=registry, connectors=connectors, checkpointer=saver)
+>>> executor = Executor(db=db, registry=registry, connectors=connectors, checkpointer=saver, approvals=port)
 >>> run, _ = await executor.submit(workflow="price_change", input={...}, actor="alice")
 >>> run = await executor.drive(run.id)
 """
@@ -29,13 +29,12 @@ from langgraph.errors import GraphDrained
 from langgraph.runtime import RunControl
 from langgraph.types import Command
 from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from pydantic_core import to_jsonable_python
-from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from runtime import audit, store
+from runtime.approval import ApprovalNeed, ApprovalPort
 from runtime.connectors.base import Connector
 from runtime.context import StepContext
 from runtime.db import Database, is_transient, raw_cursor
@@ -44,7 +43,6 @@ from runtime.errors import (
     Conflict,
     ExecutionFenced,
     ExecutionStopped,
-    InputInvalid,
     RunCancelled,
     StewardError,
 )
@@ -52,15 +50,13 @@ from runtime.gate import APPROVAL, Gate
 from runtime.journal import Journal
 from runtime.models import (
     FINISHED,
-    ApprovalRequest,
-    ApprovalStatus,
     Run,
     RunStatus,
     StepStatus,
     utcnow,
 )
 from runtime.sdk import Registry, Workflow
-from runtime.telemetry import tracer
+from runtime.telemetry import run_parent, tracer
 
 log = logging.getLogger("steward.executor")
 SYSTEM = "steward"
@@ -84,19 +80,6 @@ def _owner_died_here(worker_id: str | None) -> bool:
     except PermissionError:
         return False
     return False
-
-
-def _run_parent(run: Run) -> Any:
-    """All of a run's executions share the trace id chosen when the run was created."""
-    if not run.trace_id:
-        return None
-    span_context = SpanContext(
-        trace_id=int(run.trace_id, 16),
-        span_id=random.getrandbits(64) or 1,
-        is_remote=True,
-        trace_flags=TraceFlags(TraceFlags.SAMPLED),
-    )
-    return trace.set_span_in_context(NonRecordingSpan(span_context))
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
@@ -137,6 +120,7 @@ class Executor:
         registry: Registry,
         connectors: Mapping[str, Connector],
         checkpointer: BaseCheckpointSaver,
+        approvals: ApprovalPort,
         lease_seconds: float = 30.0,
         concurrency: int = 8,
         poll_seconds: float = 1.0,
@@ -145,6 +129,7 @@ class Executor:
         self.registry = registry
         self.connectors = dict(connectors)
         self.checkpointer = checkpointer
+        self.approvals = approvals
         self.lease_seconds = lease_seconds
         self.concurrency = concurrency
         self.poll_seconds = poll_seconds
@@ -202,49 +187,17 @@ class Executor:
         self._wake.set()
         return result
 
-    async def decide(self, *, approval_id: str, decision: str, actor: str, comment: str = "") -> ApprovalRequest:
-        """Record a person's decision and queue the run to resume with it."""
-        if decision not in ("approve", "reject"):
-            raise InputInvalid(f"decision must be 'approve' or 'reject', not {decision!r}",
-                               details=[{"loc": ["body", "decision"], "msg": "must be approve or reject"}])
-        status = ApprovalStatus.approved if decision == "approve" else ApprovalStatus.rejected
+    def queue_resume(self, session: Session, *, run: Run, actor: str, reason: str) -> None:
+        """The port's "resume this run": inside a command's transaction that has locked ``run``
+        (waiting for approval), queue it to resume with its decisions; :meth:`wake` after commit."""
+        run.status, run.updated_at = RunStatus.queued, utcnow()
+        session.flush()
+        audit.append(session, kind="run.queued", actor=actor, run=run, data={"reason": reason})
+        store.notify_queued(session=session)
 
-        def record(session: Session) -> ApprovalRequest:
-            run_id = store.get_approval(session=session, approval_id=approval_id).run_id
-            run = store.lock_run(session=session, run_id=run_id)  # lock order: run, approval, audit
-            approval = store.get_approval(session=session, approval_id=approval_id)
-            result = session.execute(
-                update(ApprovalRequest)
-                .where(ApprovalRequest.id == approval_id, ApprovalRequest.status == ApprovalStatus.pending)
-                .values(status=status, decided_by=actor, comment=comment, decided_at=utcnow())
-            )
-            if result.rowcount != 1:
-                session.refresh(approval)
-                raise Conflict(
-                    f"approval {approval_id} is already {approval.status.value}"
-                    + (f" by {approval.decided_by}" if approval.decided_by else "")
-                    + "; a decision cannot be changed"
-                )
-            attrs = {"steward.run_id": run.id, "steward.approval_id": approval_id, "steward.decision": decision}
-            with tracer().start_as_current_span("steward.approval.decide", context=_run_parent(run), attributes=attrs):
-                audit.append(session, kind="approval.decided", actor=actor, run=run, data={
-                    "approval_id": approval_id, "decision": decision, "comment": comment,
-                    "action": approval.action, "arguments_hash": approval.arguments_hash,
-                })
-                pending = store.list_approvals(session=session, run_id=run.id, status=ApprovalStatus.pending)
-                if not pending and run.status == RunStatus.waiting_approval:
-                    run.status, run.updated_at = RunStatus.queued, utcnow()
-                    session.flush()
-                    audit.append(session, kind="run.queued", actor=actor, run=run,
-                                 data={"reason": "approval decided"})
-                    store.notify_queued(session=session)
-            session.flush()
-            session.refresh(approval)
-            return approval
-
-        approval = await self.db.run(record)
+    def wake(self) -> None:
+        """Look for queued runs now (after a command queued one in this process)."""
         self._wake.set()
-        return approval
 
     async def cancel(self, *, run_id: str, actor: str) -> Run:
         """Cancel a run: at once when queued or waiting; a running run stops cooperatively, before its
@@ -260,9 +213,7 @@ class Executor:
                     session.flush()
                     audit.append(session, kind="run.cancel_requested", actor=actor, run=run)
                 return run
-            for approval in store.list_approvals(session=session, run_id=run_id, status=ApprovalStatus.pending):
-                approval.status = ApprovalStatus.cancelled
-            session.flush()
+            self.approvals.withdraw(session, run_id=run_id)
             return self._finish(session, run_id, RunStatus.cancelled, actor=actor)
 
         run = await self.db.run(record)
@@ -336,7 +287,7 @@ class Executor:
         config = {"configurable": {"thread_id": run.id}}
         attrs = {"steward.run_id": run.id, "steward.workflow": run.workflow, "steward.version": run.version}
         spans: dict[str, trace.Span] = {}
-        with tracer().start_as_current_span("steward.run", context=_run_parent(run), attributes=attrs) as run_span:
+        with tracer().start_as_current_span("steward.run", context=run_parent(run.trace_id), attributes=attrs) as run_span:
             try:
                 # A run taken up for the first time has no checkpoint yet; any later execution resumes
                 # the latest one, and LangGraph alone decides what is left to do (a task whose writes
@@ -474,41 +425,36 @@ class Executor:
     def _decisions(
         self, session: Session, run: Run, interrupts: Any, journal: Journal
     ) -> tuple[dict[str, Any] | None, Run]:
-        """Resume values for every open interrupt; or None, after opening the approval requests still
-        needed, with the run as it now waits."""
-        known = store.approvals_by_interrupt(session=session, interrupt_ids=[i.id for i in interrupts])
-        decided = {i.id: known[i.id] for i in interrupts
-                   if i.id in known and known[i.id].status in (ApprovalStatus.approved, ApprovalStatus.rejected)}
-        if len(decided) == len(interrupts):
-            return {
-                iid: {"approval_id": a.id, "decision": "approve" if a.status == ApprovalStatus.approved else "reject",
-                      "decided_by": a.decided_by, "comment": a.comment, "arguments_hash": a.arguments_hash}
-                for iid, a in decided.items()
-            }, run
-        journal.flush_into(session)
-        for item in interrupts:
-            if item.id in known:
-                continue
-            value = item.value if isinstance(item.value, dict) and item.value.get("kind") == APPROVAL else {
-                "action": "interrupt", "arguments": {"value": to_jsonable_python(item.value, fallback=str)},
-                "arguments_hash": audit.digest(to_jsonable_python(item.value, fallback=str)),
-                "reason": "the step asked a person", "node": "?",
-            }
-            approval = ApprovalRequest(
-                run_id=run.id, interrupt_id=item.id, workflow=run.workflow, version=run.version,
-                node=value["node"], action=value["action"], arguments=value["arguments"],
-                arguments_hash=value["arguments_hash"], reason=value["reason"], requested_by=run.created_by,
-            )
-            session.add(approval)
+        """Resume values for every open interrupt; or None, after asking the approval port for the
+        requests still needed, with the run as it now waits."""
+        known = self.approvals.decisions(session, interrupt_ids=[i.id for i in interrupts])
+        if all(known.get(i.id) is not None for i in interrupts):
+            return {i.id: known[i.id].model_dump(mode="json") for i in interrupts}, run
+        journal.flush_into(session)  # fenced: this execution still owns the run, and its row is locked
+        needs = [self._need(run, item) for item in interrupts if item.id not in known]
+        for need, approval_id in zip(needs, self.approvals.request(session, needs=needs), strict=True):
             audit.append(session, kind="approval.requested", actor=SYSTEM, run=run, data={
-                "approval_id": approval.id, "decision": "needs_approval", "rule": value["reason"],
-                "action": approval.action, "arguments_hash": approval.arguments_hash, "node": approval.node,
+                "approval_id": approval_id, "decision": "needs_approval", "rule": need.reason,
+                "action": need.action, "arguments_hash": need.arguments_hash, "node": need.node,
             })
         current = store.get_run(session=session, run_id=run.id)
         current.status, current.worker_id, current.lease_expires_at, current.updated_at = (
             RunStatus.waiting_approval, None, None, utcnow())
         audit.append(session, kind="run.waiting_approval", actor=SYSTEM, run=current)
         return None, current
+
+    @staticmethod
+    def _need(run: Run, item: Any) -> ApprovalNeed:
+        value = item.value if isinstance(item.value, dict) and item.value.get("kind") == APPROVAL else {
+            "action": "interrupt", "arguments": {"value": to_jsonable_python(item.value, fallback=str)},
+            "arguments_hash": audit.digest(to_jsonable_python(item.value, fallback=str)),
+            "reason": "the step asked a person", "node": "?",
+        }
+        return ApprovalNeed(
+            interrupt_id=item.id, run_id=run.id, workflow=run.workflow, version=run.version,
+            requested_by=run.created_by, node=value["node"], action=value["action"], arguments=value["arguments"],
+            arguments_hash=value["arguments_hash"], reason=value["reason"],
+        )
 
     def _finish(
         self, session: Session, run_id: str, status: RunStatus, *, actor: str, error: dict | None = None,

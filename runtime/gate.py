@@ -37,9 +37,11 @@ from langgraph.config import get_config
 from langgraph.runtime import get_runtime
 from langgraph.types import interrupt
 from opentelemetry import trace
+from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
 from runtime import audit
+from runtime.approval import ApprovalDecision
 from runtime.connectors.base import ActionSpec, end_call, start_call
 from runtime.errors import ApprovalRejected, NonDeterministicReplay, PermissionDenied, StewardError
 from runtime.journal import Journal, Recorded
@@ -134,7 +136,7 @@ class Gate:
             )
         return recorded
 
-    async def require_approval(self, *, action: str, arguments: dict[str, Any], reason: str) -> dict[str, Any]:
+    async def require_approval(self, *, action: str, arguments: dict[str, Any], reason: str) -> ApprovalDecision:
         """Pause until a person approves exactly ``arguments``; raise :class:`ApprovalRejected` on rejection.
 
         >>> await runtime.context.request_approval(action="pricing.bulk_change", arguments=changes,
@@ -154,15 +156,19 @@ class Gate:
         while True:
             # On re-execution interrupt() hands back the recorded decision; a decision that was
             # made for other arguments does not count, so the loop asks again.
-            decision = interrupt(request)
-            if not isinstance(decision, dict) or decision.get("arguments_hash") != arguments_hash:
+            answer = interrupt(request)
+            try:
+                decision = ApprovalDecision.model_validate(answer)
+            except ValidationError:
                 continue
-            if decision["decision"] == "reject":
+            if decision.arguments_hash != arguments_hash:
+                continue
+            if not decision.approved:
                 raise ApprovalRejected(
-                    f"{action} was rejected by {decision['decided_by']}: {decision.get('comment') or 'no comment'}",
-                    approval_id=decision["approval_id"],
-                    decided_by=decision["decided_by"],
-                    comment=decision.get("comment") or "",
+                    f"{action} was rejected by {decision.approver}: {decision.comment or 'no comment'}",
+                    approval_id=decision.approval_id,
+                    decided_by=decision.approver,
+                    comment=decision.comment,
                 )
             return decision
 

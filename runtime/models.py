@@ -115,36 +115,6 @@ class RunStep(SQLModel, table=True):
     error: dict[str, Any] | None = _json()
 
 
-class ApprovalStatus(str, enum.Enum):
-    pending = "pending"
-    approved = "approved"
-    rejected = "rejected"
-    cancelled = "cancelled"
-
-
-class ApprovalRequest(SQLModel, table=True):
-    """A paused action waiting for a person: the exact action and arguments, bound by hash."""
-
-    __tablename__ = "approval_requests"
-
-    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
-    run_id: str = Field(foreign_key="runs.id", index=True, max_length=32)
-    interrupt_id: str = Field(unique=True, max_length=64)
-    workflow: str = Field(max_length=100)
-    version: str = Field(max_length=50)
-    node: str = Field(max_length=200)
-    action: str = Field(max_length=200)
-    arguments: dict[str, Any] = _json(dict)
-    arguments_hash: str = Field(max_length=64)
-    reason: str = Field(default="", max_length=2000)
-    requested_by: str = Field(max_length=200)
-    status: ApprovalStatus = Field(default=ApprovalStatus.pending, index=True, max_length=20)
-    decided_by: str | None = Field(default=None, max_length=200)
-    comment: str | None = Field(default=None, max_length=4000)
-    created_at: datetime = _ts()
-    decided_at: datetime | None = _ts_opt()
-
-
 class ConnectorCall(SQLModel, table=True):
     """The recorded outcome of one connector action, keyed by its idempotency key."""
 

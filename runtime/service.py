@@ -16,12 +16,13 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, pool
 
+from runtime.approval import ApprovalPort
 from runtime.checkpoint import open_checkpointer
 from runtime.connectors import Connector, CrmConnector, PricingConnector, RetryPolicy
 from runtime.db import MIGRATIONS, Database
 from runtime.errors import StewardError
 from runtime.executor import Executor
-from runtime.sdk import Registry, load_registry
+from runtime.sdk import Registry, load_object, load_registry
 from runtime.settings import Settings
 from runtime.telemetry import setup_tracing
 
@@ -78,6 +79,7 @@ async def open_steward(
     *,
     registry: Registry | None = None,
     connectors: Mapping[str, Connector] | None = None,
+    approvals: ApprovalPort | None = None,
 ) -> AsyncIterator[Steward]:
     """Open everything a Steward process needs; a SQLite database is migrated on the way."""
     setup_tracing()
@@ -93,6 +95,7 @@ async def open_steward(
         async with open_checkpointer(db) as saver:
             executor = Executor(
                 db=db, registry=registry, connectors=connectors, checkpointer=saver,
+                approvals=approvals if approvals is not None else load_object(settings.approvals),
                 lease_seconds=settings.lease_seconds, concurrency=settings.executor_concurrency,
                 poll_seconds=settings.executor_poll_seconds,
             )

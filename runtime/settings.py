@@ -34,6 +34,10 @@ class Settings(BaseSettings):
         description="module:attr strings naming extra FastAPI routers to mount under /api/v1",
     )
 
+    approvals: str = Field(
+        "approvals.store:PORT",
+        description="module:attr naming the approval port (runtime.approval.ApprovalPort) the engine asks",
+    )
     mount_sandbox: bool = Field(True, description="Serve the sandbox CRM and pricing service under /sandbox")
     crm_url: str = Field("", description="Default: this server's own sandbox, /sandbox/crm")
     crm_token: str = SANDBOX_TOKEN

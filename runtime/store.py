@@ -14,18 +14,15 @@ from typing import Any
 from sqlalchemy import and_, bindparam, or_, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
-from runtime.errors import ApprovalNotFound, RunNotFound, Unauthorized
+from runtime.errors import RunNotFound, Unauthorized
 from runtime.journal import Recorded
 from runtime.models import (
     ApiToken,
-    ApprovalRequest,
-    ApprovalStatus,
     AuditEvent,
     ConnectorCall,
     Run,
     RunStatus,
     RunStep,
-    StepStatus,
     utcnow,
 )
 
@@ -204,31 +201,6 @@ def running_runs_by_worker_prefix(*, session: Session, prefix: str) -> Sequence[
 def cancel_requested_ids(*, session: Session, worker_id: str) -> list[str]:
     query = select(Run.id).where(Run.worker_id == worker_id, Run.status == RunStatus.running, Run.cancel_requested)
     return list(session.scalars(query).all())
-
-
-def get_approval(*, session: Session, approval_id: str) -> ApprovalRequest:
-    approval = session.get(ApprovalRequest, approval_id)
-    if approval is None:
-        raise ApprovalNotFound(f"no approval request with id {approval_id!r}")
-    return approval
-
-
-def list_approvals(
-    *, session: Session, status: ApprovalStatus | None = None, run_id: str | None = None, limit: int = 100
-) -> Sequence[ApprovalRequest]:
-    query = select(ApprovalRequest).order_by(ApprovalRequest.created_at).limit(limit)
-    if status is not None:
-        query = query.where(ApprovalRequest.status == status)
-    if run_id is not None:
-        query = query.where(ApprovalRequest.run_id == run_id)
-    return session.scalars(query).all()
-
-
-def approvals_by_interrupt(*, session: Session, interrupt_ids: Sequence[str]) -> dict[str, ApprovalRequest]:
-    query = select(ApprovalRequest).where(ApprovalRequest.interrupt_id.in_(list(interrupt_ids)))
-    return {a.interrupt_id: a for a in session.scalars(query).all()}
-
-
 
 
 def recorded_calls(*, session: Session, run_id: str) -> dict[str, Recorded]:

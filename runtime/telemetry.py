@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import threading
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -24,6 +26,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from runtime.errors import StewardError
 
@@ -106,3 +109,16 @@ def current_trace_id() -> str | None:
     """The active span's trace id as 32 hex digits, or None outside a span."""
     ctx = trace.get_current_span().get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+def run_parent(trace_id: str | None) -> Any:
+    """A parent context in a run's trace: all of a run's spans share the trace id chosen at submit."""
+    if not trace_id:
+        return None
+    span_context = SpanContext(
+        trace_id=int(trace_id, 16),
+        span_id=random.getrandbits(64) or 1,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+    return trace.set_span_in_context(NonRecordingSpan(span_context))

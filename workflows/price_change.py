@@ -87,11 +87,13 @@ async def apply_prices(state: State, runtime: Runtime[StepContext]) -> State:
     approval = None
     if large:
         moves = ", ".join(f"{c['sku']} {c['change_pct']} %" for c in large)
-        approval = await ctx.request_approval(
+        decision = await ctx.request_approval(
             action="pricing.change_prices",
             arguments={"changes": state["changes"], "reason": state["reason"]},
             reason=f"price moves over {APPROVAL_THRESHOLD_PCT} %: {moves}",
         )
+        approval = {"approval_id": decision.approval_id, "approved_by": decision.approver,
+                    "comment": decision.comment}
     applied = []
     for change in state["changes"]:
         applied.append(await ctx.pricing.set_price(sku=change["sku"], currency=change["currency"],
@@ -104,7 +106,7 @@ async def record(state: State, runtime: Runtime[StepContext]) -> State:
     return {"summary": {
         "changed": len(state["applied"]),
         "largest_change_pct": f"{max(moves):.2f}",
-        "approved_by": (state.get("approval") or {}).get("decided_by"),
+        "approved_by": (state.get("approval") or {}).get("approved_by"),
         "reason": state["reason"],
     }}
 

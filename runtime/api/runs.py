@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from runtime import store
 from runtime.api.deps import StewardDep, UserDep
 from runtime.api.schemas import RunCreate, RunDetail, RunPublic, StepPublic
-from runtime.models import ApprovalStatus, RunStatus
+from runtime.models import RunStatus
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -49,8 +49,7 @@ async def run_detail(steward: StewardDep, run_id: str) -> RunDetail:
     def read(session: Session) -> tuple[Any, Any, list[str]]:
         run = store.get_run(session=session, run_id=run_id)
         steps = store.list_steps(session=session, run_id=run_id)
-        pending = store.list_approvals(session=session, run_id=run_id, status=ApprovalStatus.pending)
-        return run, steps, [a.id for a in pending]
+        return run, steps, steward.executor.approvals.pending_ids(session, run_id=run_id)
 
     run, steps, ids = await steward.db.run(read)
     return RunDetail.model_validate({

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime.models import ApprovalStatus, RunStatus, StepStatus
+from runtime.models import RunStatus, StepStatus
 
 
 class RunCreate(BaseModel):
@@ -51,33 +51,6 @@ class RunDetail(RunPublic):
     steps: list[StepPublic]
     pending_approval_id: str | None
     pending_approval_ids: list[str]
-
-
-class ApprovalPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: str
-    run_id: str
-    workflow: str
-    version: str
-    node: str
-    action: str
-    arguments: dict[str, Any]
-    arguments_hash: str
-    reason: str
-    requested_by: str
-    status: ApprovalStatus
-    decided_by: str | None
-    comment: str | None
-    created_at: datetime
-    decided_at: datetime | None
-
-
-class DecisionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    decision: Literal["approve", "reject"]
-    comment: str = Field("", max_length=4000)
 
 
 class AuditEventPublic(BaseModel):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+from approvals.models import ApprovalStatus
+from approvals.service import decide
+from approvals.store import list_approvals
 from runtime import audit, store
 from runtime.errors import Conflict
-from runtime.models import ApprovalStatus, RunStatus
+from runtime.models import RunStatus
 
 PRICE_115 = {"items": [{"sku": "SKU-1001", "new_price": "115.00", "currency": "EUR"}], "reason": "supplier cost up"}
 PRICE_105 = {"items": [{"sku": "SKU-1002", "new_price": "105.00", "currency": "EUR"}], "reason": "small uplift"}
@@ -22,14 +25,14 @@ async def test_forty_cancel_and_approve_pairs_end_each_run_once(steward) -> None
         assert run.status == RunStatus.waiting_approval
         runs.append(run)
     approvals = {a.run_id: a for a in await steward.db.run(
-        lambda s: store.list_approvals(session=s, status=ApprovalStatus.pending, limit=1000))}
+        lambda s: list_approvals(session=s, status=ApprovalStatus.pending, limit=1000))}
     await ex.start()  # approved runs are driven meanwhile, so a cancel also meets running runs
 
     async def cancel(run_id: str):
         return await ex.cancel(run_id=run_id, actor="alice")
 
     async def approve(run_id: str):
-        return await ex.decide(approval_id=approvals[run_id].id, decision="approve", actor="bob")
+        return await decide(steward, approval_id=approvals[run_id].id, decision="approve", actor="bob")
 
     commands = [f(run.id) for run in runs for f in (cancel, approve)]
     outcomes = await asyncio.gather(*commands, return_exceptions=True)

@@ -8,8 +8,11 @@ import httpx
 import pytest
 import respx
 
+from approvals.models import ApprovalStatus
+from approvals.service import decide
+from approvals.store import list_approvals
 from runtime import audit, store
-from runtime.models import ApprovalStatus, RunStatus
+from runtime.models import RunStatus
 from runtime.service import Steward
 from tests.fakes import TicketConnector, instant_retry, single_node_workflow
 
@@ -23,7 +26,7 @@ def price(sandbox, sku: str) -> str:
 
 async def pending(steward: Steward, run_id: str) -> list[Any]:
     return list(await steward.db.run(
-        lambda s: store.list_approvals(session=s, run_id=run_id, status=ApprovalStatus.pending)))
+        lambda s: list_approvals(session=s, run_id=run_id, status=ApprovalStatus.pending)))
 
 
 async def events(steward: Steward, run_id: str) -> list[str]:
@@ -47,7 +50,7 @@ async def test_large_price_change_waits_for_approval_then_applies(steward: Stewa
         "sku": "SKU-1001", "currency": "EUR", "old_price": "100.00", "new_price": "115.00", "change_pct": "+15.00"}
     assert "SKU-1001 +15.00 %" in approval.reason
 
-    await steward.executor.decide(approval_id=approval.id, decision="approve", actor="bob", comment="fine")
+    await decide(steward, approval_id=approval.id, decision="approve", actor="bob", comment="fine")
     run = await steward.executor.drive(run.id)
     assert run.status == RunStatus.succeeded
     assert price(sandbox, "SKU-1001") == "115.00"
@@ -71,7 +74,7 @@ async def test_rejection_ends_the_run_rejected_and_writes_nothing(steward: Stewa
     run, _ = await steward.executor.submit(workflow="price_change", input=PRICE_115, actor="alice")
     await steward.executor.drive(run.id)
     [approval] = await pending(steward, run.id)
-    await steward.executor.decide(approval_id=approval.id, decision="reject", actor="bob", comment="too steep")
+    await decide(steward, approval_id=approval.id, decision="reject", actor="bob", comment="too steep")
     run = await steward.executor.drive(run.id)
     assert run.status == RunStatus.rejected
     assert run.error["code"] == "approval_rejected"
@@ -152,7 +155,7 @@ async def test_action_requiring_approval_pauses_and_replays_earlier_calls(open_c
         [approval] = await pending(steward, run.id)
         assert approval.action == "tickets.escalate"
         assert approval.arguments == {"ticket_id": "T1", "to": "facilities"}
-        await steward.executor.decide(approval_id=approval.id, decision="approve", actor="bob")
+        await decide(steward, approval_id=approval.id, decision="approve", actor="bob")
         run = await steward.executor.drive(run.id)
         assert run.status == RunStatus.succeeded
         assert "connector.replayed" in await events(steward, run.id)
@@ -175,12 +178,12 @@ async def test_approval_is_bound_to_the_exact_arguments(open_custom) -> None:
         await steward.executor.drive(run.id)
         [first] = await pending(steward, run.id)
         assert first.arguments == {"amount": "10"}
-        await steward.executor.decide(approval_id=first.id, decision="approve", actor="bob")
+        await decide(steward, approval_id=first.id, decision="approve", actor="bob")
         run = await steward.executor.drive(run.id)
         assert run.status == RunStatus.waiting_approval, "approval for 10 must not cover 20"
         [second] = await pending(steward, run.id)
         assert second.arguments == {"amount": "20"} and second.id != first.id
-        await steward.executor.decide(approval_id=second.id, decision="approve", actor="bob")
+        await decide(steward, approval_id=second.id, decision="approve", actor="bob")
         run = await steward.executor.drive(run.id)
         assert run.status == RunStatus.succeeded
 
@@ -228,7 +231,7 @@ async def test_cancel_a_waiting_run_cancels_its_approval(steward: Steward) -> No
     from runtime.errors import Conflict
 
     with pytest.raises(Conflict):
-        await steward.executor.decide(approval_id=approval.id, decision="approve", actor="bob")
+        await decide(steward, approval_id=approval.id, decision="approve", actor="bob")
     with pytest.raises(Conflict):
         await steward.executor.cancel(run_id=run.id, actor="alice")
 
@@ -298,3 +301,25 @@ async def test_steps_have_their_own_table_and_outlive_audit_retention(steward: S
     await steward.db.run(lambda s: s.execute(delete(AuditEvent).where(AuditEvent.run_id == run.id)))
     after = await steward.db.run(lambda s: store.list_steps(session=s, run_id=run.id))
     assert [(s.node, s.status, s.started_at) for s in after] == [(s.node, s.status, s.started_at) for s in before]
+
+
+async def test_request_approval_returns_a_typed_decision(open_custom) -> None:
+    from runtime import ApprovalDecision
+
+    async def asks(state: dict, runtime) -> dict:
+        decision = await runtime.context.request_approval(action="refund", arguments={"amount": "10.00"},
+                                                          reason="refunds need a person")
+        assert isinstance(decision, ApprovalDecision)
+        return {"approver": decision.approver, "comment": decision.comment, "approved": decision.approved,
+                "arguments": decision.arguments, "approval_id": decision.approval_id}
+
+    wf = single_node_workflow("asks", asks, grants=set())
+    async with open_custom([wf]) as steward:
+        run, _ = await steward.executor.submit(workflow="asks", input={}, actor="alice")
+        await steward.executor.drive(run.id)
+        [approval] = await pending(steward, run.id)
+        await decide(steward, approval_id=approval.id, decision="approve", actor="bob", comment="fine")
+        run = await steward.executor.drive(run.id)
+    assert run.status == RunStatus.succeeded, run.error
+    assert run.output == {"approver": "bob", "comment": "fine", "approved": True, "arguments": {"amount": "10.00"},
+                          "approval_id": approval.id}

@@ -8,8 +8,11 @@ from typing import Annotated, Any, TypedDict
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy, Send
 
+from approvals.models import ApprovalStatus
+from approvals.service import decide
+from approvals.store import list_approvals
 from runtime import StepContext, Workflow, store
-from runtime.models import ApprovalStatus, RunStatus
+from runtime.models import RunStatus
 from tests.fakes import OWNER, Empty, single_node_workflow
 
 WRITE = {"pricing.prices.write", "pricing.prices.read"}
@@ -73,10 +76,10 @@ async def test_send_branches_paused_for_approval_resume_with_their_own_keys(open
         run, _ = await steward.executor.submit(workflow="fan_out", input={}, actor="alice")
         run = await steward.executor.drive(run.id)
         assert run.status == RunStatus.waiting_approval
-        approvals = await steward.db.run(lambda s: store.list_approvals(session=s, run_id=run.id))
+        approvals = await steward.db.run(lambda s: list_approvals(session=s, run_id=run.id))
         assert len(approvals) == 3
         for approval in approvals:
-            await steward.executor.decide(approval_id=approval.id, decision="approve", actor="bob")
+            await decide(steward, approval_id=approval.id, decision="approve", actor="bob")
         run = await steward.executor.drive(run.id)
         assert run.status == RunStatus.succeeded, run.error
     writes = sandbox.state.sandbox.writes
@@ -137,8 +140,8 @@ async def test_a_different_call_on_re_execution_is_refused_and_writes_nothing(op
         run, _ = await steward.executor.submit(workflow="llm_driven", input={}, actor="alice")
         await steward.executor.drive(run.id)
         [approval] = await steward.db.run(
-            lambda s: store.list_approvals(session=s, run_id=run.id, status=ApprovalStatus.pending))
-        await steward.executor.decide(approval_id=approval.id, decision="approve", actor="bob")
+            lambda s: list_approvals(session=s, run_id=run.id, status=ApprovalStatus.pending))
+        await decide(steward, approval_id=approval.id, decision="approve", actor="bob")
         run = await steward.executor.drive(run.id)
         # the read replays at position 0, the write is new at position 1: this one is allowed
         assert run.status == RunStatus.succeeded and run.output["after"] == "175.00"
@@ -157,8 +160,8 @@ async def test_a_different_call_on_re_execution_is_refused_and_writes_nothing(op
         run, _ = await steward.executor.submit(workflow="drifts", input={}, actor="alice")
         await steward.executor.drive(run.id)
         [approval] = await steward.db.run(
-            lambda s: store.list_approvals(session=s, run_id=run.id, status=ApprovalStatus.pending))
-        await steward.executor.decide(approval_id=approval.id, decision="approve", actor="bob")
+            lambda s: list_approvals(session=s, run_id=run.id, status=ApprovalStatus.pending))
+        await decide(steward, approval_id=approval.id, decision="approve", actor="bob")
         run = await steward.executor.drive(run.id)
         assert run.status == RunStatus.failed
         assert run.error["code"] == "non_deterministic_replay"
@@ -185,8 +188,8 @@ async def test_another_action_at_a_recorded_position_is_refused(open_custom, san
         run, _ = await steward.executor.submit(workflow="switches", input={}, actor="alice")
         await steward.executor.drive(run.id)
         [approval] = await steward.db.run(
-            lambda s: store.list_approvals(session=s, run_id=run.id, status=ApprovalStatus.pending))
-        await steward.executor.decide(approval_id=approval.id, decision="approve", actor="bob")
+            lambda s: list_approvals(session=s, run_id=run.id, status=ApprovalStatus.pending))
+        await decide(steward, approval_id=approval.id, decision="approve", actor="bob")
         run = await steward.executor.drive(run.id)
         assert run.status == RunStatus.failed and run.error["code"] == "non_deterministic_replay"
         assert run.error["details"] == {"node": "work", "position": 0, "recorded_action": "pricing.get_price",
@@ -212,9 +215,9 @@ async def test_recorded_step_is_not_called_again_after_approval(open_custom) -> 
         run = await steward.executor.drive(run.id)
         assert run.status == RunStatus.waiting_approval
         [approval] = await steward.db.run(
-            lambda s: store.list_approvals(session=s, run_id=run.id, status=ApprovalStatus.pending))
+            lambda s: list_approvals(session=s, run_id=run.id, status=ApprovalStatus.pending))
         assert approval.arguments == {"score": 87, "label": "hot"}
-        await steward.executor.decide(approval_id=approval.id, decision="approve", actor="bob")
+        await decide(steward, approval_id=approval.id, decision="approve", actor="bob")
         run = await steward.executor.drive(run.id)
         assert run.status == RunStatus.succeeded, run.error
         assert run.output == {"score": 87}

@@ -11,9 +11,12 @@ import httpx
 import pytest
 from sqlalchemy import update
 
+from approvals.models import ApprovalStatus
+from approvals.service import decide
+from approvals.store import list_approvals
 from runtime import audit, store
 from runtime.executor import Executor
-from runtime.models import ApprovalStatus, Run, RunStatus, utcnow
+from runtime.models import Run, RunStatus, utcnow
 from runtime.service import open_steward
 from runtime.settings import Settings
 from tests.fakes import single_node_workflow
@@ -49,7 +52,7 @@ async def test_a_stalled_worker_cannot_change_a_run_another_worker_took_over(ope
         await entered.wait()
         await expire_lease(steward, run.id)
         b = Executor(db=steward.db, registry=steward.registry, connectors=a.connectors, checkpointer=a.checkpointer,
-                     lease_seconds=5)
+                     approvals=a.approvals, lease_seconds=5)
         finished = await b.drive(run.id)
         assert finished.status == RunStatus.succeeded and finished.output == {"amount": "130.00"}
         wake.set()
@@ -112,8 +115,8 @@ async def test_killed_between_pending_writes_and_checkpoint_the_run_continues(
         run, _ = await ex.submit(workflow="price_change", input=PRICE_115, actor="alice")
         if phase == "after_approval":
             await ex.drive(run.id)
-            [approval] = await steward.db.run(lambda s: store.list_approvals(session=s, run_id=run.id))
-            await ex.decide(approval_id=approval.id, decision="approve", actor="bob")
+            [approval] = await steward.db.run(lambda s: list_approvals(session=s, run_id=run.id))
+            await decide(steward, approval_id=approval.id, decision="approve", actor="bob")
         await asyncio.to_thread(kill_during_drive, run.id)
         killed = await steward.db.run(lambda s: store.get_run(session=s, run_id=run.id))
         assert killed.status == RunStatus.running, "the dead worker left it running"
@@ -122,9 +125,9 @@ async def test_killed_between_pending_writes_and_checkpoint_the_run_continues(
         if phase == "first":
             assert run.status == RunStatus.waiting_approval, run.error
             [approval] = await steward.db.run(
-                lambda s: store.list_approvals(session=s, run_id=run.id, status=ApprovalStatus.pending))
+                lambda s: list_approvals(session=s, run_id=run.id, status=ApprovalStatus.pending))
             assert approval.arguments["changes"][0]["new_price"] == "115.00"
-            await ex.decide(approval_id=approval.id, decision="approve", actor="bob")
+            await decide(steward, approval_id=approval.id, decision="approve", actor="bob")
             run = await ex.drive(run.id)
         assert run.status == RunStatus.succeeded, run.error
         assert run.output["summary"] == {"changed": 1, "largest_change_pct": "15.00", "approved_by": "bob",

@@ -83,7 +83,7 @@ def test_shipped_workflows_have_owners_and_grants() -> None:
 
 def test_exported_members() -> None:
     assert runtime.__all__ == [
-        "ApprovalRejected", "Connector", "ConnectorError", "ConnectorRejected", "ConnectorTransient", "CrmConnector",
+        "ApprovalDecision", "ApprovalRejected", "Connector", "ConnectorError", "ConnectorRejected", "ConnectorTransient", "CrmConnector",
         "Effect", "InputInvalid", "NonDeterministicReplay", "Owner", "PermissionDenied", "PricingConnector", "Registry", "RetryPolicy",
         "StepContext", "StewardError", "Workflow", "action",
     ]

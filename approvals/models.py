@@ -1,0 +1,47 @@
+"""The approval domain's table: one request per paused action, bound to its exact arguments by hash.
+
+>>> request = ApprovalRequest(run_id=run.id, interrupt_id=iid, workflow="price_change", version="1.0.0",
+...                           node="apply_prices", action="pricing.change_prices", arguments={...},
+...                           arguments_hash="9f2c…", reason="over 10 %", requested_by="alice")
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column
+from sqlmodel import Field, SQLModel
+
+from runtime.models import UTCDateTime, new_id, utcnow
+
+
+class ApprovalStatus(str, enum.Enum):
+    pending = "pending"
+    approved = "approved"
+    rejected = "rejected"
+    cancelled = "cancelled"
+
+
+class ApprovalRequest(SQLModel, table=True):
+    """A paused action waiting for a person: the exact action and arguments, bound by hash."""
+
+    __tablename__ = "approval_requests"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    run_id: str = Field(foreign_key="runs.id", index=True, max_length=32)
+    interrupt_id: str = Field(unique=True, max_length=64)
+    workflow: str = Field(max_length=100)
+    version: str = Field(max_length=50)
+    node: str = Field(max_length=200)
+    action: str = Field(max_length=200)
+    arguments: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    arguments_hash: str = Field(max_length=64)
+    reason: str = Field(default="", max_length=2000)
+    requested_by: str = Field(max_length=200)
+    status: ApprovalStatus = Field(default=ApprovalStatus.pending, index=True, max_length=20)
+    decided_by: str | None = Field(default=None, max_length=200)
+    comment: str | None = Field(default=None, max_length=4000)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

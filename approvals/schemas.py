@@ -1,0 +1,37 @@
+"""The approval domain's public shapes (HTTP API and CLI)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from approvals.models import ApprovalStatus
+
+
+class ApprovalPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    run_id: str
+    workflow: str
+    version: str
+    node: str
+    action: str
+    arguments: dict[str, Any]
+    arguments_hash: str
+    reason: str
+    requested_by: str
+    status: ApprovalStatus
+    decided_by: str | None
+    comment: str | None
+    created_at: datetime
+    decided_at: datetime | None
+
+
+class DecisionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approve", "reject"]
+    comment: str = Field("", max_length=4000)

@@ -1,0 +1,62 @@
+"""Approval commands: a person decides; the run resumes through the engine's port.
+
+>>> approval = await decide(steward, approval_id="a1…", decision="approve", actor="pricing.manager",
+...                         comment="margin ok")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from approvals.models import ApprovalRequest, ApprovalStatus
+from approvals.store import get_approval, list_approvals
+from runtime import audit
+from runtime import store as runtime_store
+from runtime.errors import Conflict, InputInvalid
+from runtime.models import RunStatus, utcnow
+from runtime.telemetry import run_parent, tracer
+
+
+async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, comment: str = "") -> ApprovalRequest:
+    """Record a person's decision; when the run has no undecided request left, it is queued to resume.
+
+    One transaction, locks in the engine's order: the run's row, then the approval, then the audit chain."""
+    if decision not in ("approve", "reject"):
+        raise InputInvalid(f"decision must be 'approve' or 'reject', not {decision!r}",
+                           details=[{"loc": ["body", "decision"], "msg": "must be approve or reject"}])
+    status = ApprovalStatus.approved if decision == "approve" else ApprovalStatus.rejected
+
+    def record(session: Session) -> ApprovalRequest:
+        run_id = get_approval(session=session, approval_id=approval_id).run_id
+        run = runtime_store.lock_run(session=session, run_id=run_id)
+        approval = get_approval(session=session, approval_id=approval_id)
+        result = session.execute(
+            update(ApprovalRequest)
+            .where(ApprovalRequest.id == approval_id, ApprovalRequest.status == ApprovalStatus.pending)
+            .values(status=status, decided_by=actor, comment=comment, decided_at=utcnow())
+        )
+        session.refresh(approval)
+        if result.rowcount != 1:
+            raise Conflict(
+                f"approval {approval_id} is already {approval.status.value}"
+                + (f" by {approval.decided_by}" if approval.decided_by else "")
+                + "; a decision cannot be changed"
+            )
+        attrs = {"steward.run_id": run.id, "steward.approval_id": approval_id, "steward.decision": decision}
+        with tracer().start_as_current_span("steward.approval.decide", context=run_parent(run.trace_id),
+                                            attributes=attrs):
+            audit.append(session, kind="approval.decided", actor=actor, run=run, data={
+                "approval_id": approval_id, "decision": decision, "comment": comment,
+                "action": approval.action, "arguments_hash": approval.arguments_hash,
+            })
+            undecided = list_approvals(session=session, run_id=run.id, status=ApprovalStatus.pending)
+            if not undecided and run.status == RunStatus.waiting_approval:
+                steward.executor.queue_resume(session, run=run, actor=actor, reason="approval decided")
+        return approval
+
+    approval = await steward.db.run(record)
+    steward.executor.wake()
+    return approval

@@ -1,0 +1,91 @@
+"""Data-access verbs of the approval domain, and :class:`SqlApprovals`, the engine's approval port.
+
+>>> pending = await db.run(lambda session: list_approvals(session=session, status=ApprovalStatus.pending))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from approvals.models import ApprovalRequest, ApprovalStatus
+from runtime.approval import ApprovalDecision, ApprovalNeed
+from runtime.errors import ApprovalNotFound
+
+DECIDED = (ApprovalStatus.approved, ApprovalStatus.rejected)
+
+
+def get_approval(*, session: Session, approval_id: str) -> ApprovalRequest:
+    approval = session.get(ApprovalRequest, approval_id)
+    if approval is None:
+        raise ApprovalNotFound(f"no approval request with id {approval_id!r}")
+    return approval
+
+
+def list_approvals(
+    *, session: Session, status: ApprovalStatus | None = None, run_id: str | None = None, limit: int = 100
+) -> Sequence[ApprovalRequest]:
+    query = select(ApprovalRequest).order_by(ApprovalRequest.created_at).limit(limit)
+    if status is not None:
+        query = query.where(ApprovalRequest.status == status)
+    if run_id is not None:
+        query = query.where(ApprovalRequest.run_id == run_id)
+    return session.scalars(query).all()
+
+
+def approvals_by_interrupt(*, session: Session, interrupt_ids: Sequence[str]) -> dict[str, ApprovalRequest]:
+    query = select(ApprovalRequest).where(ApprovalRequest.interrupt_id.in_(list(interrupt_ids)))
+    return {a.interrupt_id: a for a in session.scalars(query).all()}
+
+
+def as_decision(approval: ApprovalRequest) -> ApprovalDecision:
+    return ApprovalDecision(
+        approval_id=approval.id,
+        decision="approve" if approval.status == ApprovalStatus.approved else "reject",
+        approver=approval.decided_by or "",
+        comment=approval.comment or "",
+        arguments=approval.arguments,
+        arguments_hash=approval.arguments_hash,
+    )
+
+
+class SqlApprovals:
+    """The approval port on the ``approval_requests`` table (see :class:`runtime.approval.ApprovalPort`)."""
+
+    def request(self, session: Session, *, needs: Sequence[ApprovalNeed]) -> list[str]:
+        known = approvals_by_interrupt(session=session, interrupt_ids=[n.interrupt_id for n in needs])
+        ids = []
+        for need in needs:
+            approval = known.get(need.interrupt_id)
+            if approval is None:
+                approval = ApprovalRequest(
+                    run_id=need.run_id, interrupt_id=need.interrupt_id, workflow=need.workflow,
+                    version=need.version, node=need.node, action=need.action, arguments=need.arguments,
+                    arguments_hash=need.arguments_hash, reason=need.reason, requested_by=need.requested_by,
+                )
+                session.add(approval)
+            ids.append(approval.id)
+        session.flush()
+        return ids
+
+    def decisions(self, session: Session, *, interrupt_ids: Sequence[str]) -> dict[str, ApprovalDecision | None]:
+        return {
+            iid: as_decision(approval) if approval.status in DECIDED else None
+            for iid, approval in approvals_by_interrupt(session=session, interrupt_ids=interrupt_ids).items()
+        }
+
+    def withdraw(self, session: Session, *, run_id: str) -> int:
+        result = session.execute(
+            update(ApprovalRequest)
+            .where(ApprovalRequest.run_id == run_id, ApprovalRequest.status == ApprovalStatus.pending)
+            .values(status=ApprovalStatus.cancelled)
+        )
+        return result.rowcount
+
+    def pending_ids(self, session: Session, *, run_id: str) -> list[str]:
+        return [a.id for a in list_approvals(session=session, run_id=run_id, status=ApprovalStatus.pending)]
+
+
+PORT = SqlApprovals()

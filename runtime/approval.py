@@ -1,0 +1,78 @@
+"""The engine's port to the human layer: "an approval was requested" and "resume with this decision".
+
+The engine pauses a step with a LangGraph interrupt and hands each open interrupt
+to an :class:`ApprovalPort` as an :class:`ApprovalNeed`; when every interrupt of a run
+has a decision, it resumes the graph with them, and the step's
+``request_approval(...)`` returns an :class:`ApprovalDecision`. Who may decide, how
+many must, and where they do it is the port's business (``approvals/``); the
+engine imports none of it.
+
+>>> decision = await runtime.context.request_approval(action="pricing.change_prices",
+...                                                   arguments={"changes": changes}, reason="over 10 %")
+>>> decision.approver, decision.comment
+('pricing.manager', 'margin ok')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy.orm import Session
+
+
+class ApprovalDecision(BaseModel):
+    """A person's decision about one approval request: what ``request_approval`` returns."""
+
+    model_config = ConfigDict(frozen=True)
+
+    approval_id: str
+    decision: Literal["approve", "reject"]
+    approver: str
+    comment: str = ""
+    arguments: dict[str, Any]
+    """The arguments the approver was shown and approved (bound by ``arguments_hash``)."""
+    arguments_hash: str
+
+    @property
+    def approved(self) -> bool:
+        return self.decision == "approve"
+
+
+@dataclass(frozen=True)
+class ApprovalNeed:
+    """One open interrupt of a run that needs a person: the exact action and arguments, bound by hash."""
+
+    interrupt_id: str
+    run_id: str
+    workflow: str
+    version: str
+    requested_by: str
+    node: str
+    action: str
+    arguments: dict[str, Any]
+    arguments_hash: str
+    reason: str
+
+
+class ApprovalPort(Protocol):
+    """What the engine needs from the human layer. Every method runs inside the caller's transaction,
+    after the caller has locked the run's row (the lock order is run, approvals, audit)."""
+
+    def request(self, session: Session, *, needs: Sequence[ApprovalNeed]) -> list[str]:
+        """Open an approval request for each need (once per interrupt id); returns their ids."""
+        ...
+
+    def decisions(self, session: Session, *, interrupt_ids: Sequence[str]) -> dict[str, ApprovalDecision | None]:
+        """For each interrupt that has a request: its decision, or None while undecided."""
+        ...
+
+    def withdraw(self, session: Session, *, run_id: str) -> int:
+        """Withdraw the undecided requests of a run that ended (cancelled); returns how many."""
+        ...
+
+    def pending_ids(self, session: Session, *, run_id: str) -> list[str]:
+        """The ids of a run's undecided requests, oldest first."""
+        ...
