@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from runtime.errors import ApprovalNotFound, RunNotFound, Unauthorized
@@ -26,6 +27,7 @@ from runtime.models import (
     RunStatus,
     RunStep,
     StepStatus,
+    WorkflowVersion,
     utcnow,
 )
 
@@ -195,6 +197,35 @@ def running_runs_by_worker_prefix(*, session: Session, prefix: str) -> Sequence[
 def cancel_requested_ids(*, session: Session, worker_id: str) -> list[str]:
     query = select(Run.id).where(Run.worker_id == worker_id, Run.status == RunStatus.running, Run.cancel_requested)
     return list(session.scalars(query).all())
+
+
+def insert_workflow_version(*, session: Session, name: str, version: str, code_hash: str) -> bool:
+    """Record a version's code hash unless a row for ``(name, version)`` exists; True when inserted.
+
+    An insert that does nothing on conflict: concurrent start-ups registering the same version do not
+    fail (on PostgreSQL the second waits for the first to commit, then inserts nothing)."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(WorkflowVersion).values(
+        name=name, version=version, code_hash=code_hash, registered_at=utcnow()
+    ).on_conflict_do_nothing(index_elements=["name", "version"]).returning(WorkflowVersion.name)
+    return session.execute(statement).first() is not None
+
+
+def lock_workflow_version(*, session: Session, name: str, version: str) -> WorkflowVersion:
+    """The recorded version, its row locked for this transaction (``FOR UPDATE`` on PostgreSQL)."""
+    query = (select(WorkflowVersion).where(WorkflowVersion.name == name, WorkflowVersion.version == version)
+             .with_for_update().execution_options(populate_existing=True))
+    return session.scalars(query).one()
+
+
+def list_workflow_versions(*, session: Session) -> Sequence[WorkflowVersion]:
+    query = select(WorkflowVersion).order_by(WorkflowVersion.name, WorkflowVersion.version)
+    return session.scalars(query).all()
+
+
+def version_has_runs(*, session: Session, workflow: str, version: str) -> bool:
+    query = select(Run.id).where(Run.workflow == workflow, Run.version == version).limit(1)
+    return session.scalars(query).first() is not None
 
 
 def get_approval(*, session: Session, approval_id: str) -> ApprovalRequest:
