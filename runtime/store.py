@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, false, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -99,7 +99,7 @@ _CLAIM = (
     update(_RUNS)
     .where(_RUNS.c.id == bindparam("run_id"), _TAKEABLE)
     .values(status=RunStatus.running, worker_id=bindparam("worker_id"), lease_expires_at=bindparam("lease"),
-            updated_at=bindparam("now"), executions=_RUNS.c.executions + 1)
+            updated_at=bindparam("now"), executions=_RUNS.c.executions + 1, status_reason=None)
     .returning(*_RUNS.c)
 )
 _FINISH = (
@@ -108,7 +108,8 @@ _FINISH = (
            _RUNS.c.status != RunStatus.failed, _RUNS.c.status != RunStatus.rejected,
            _RUNS.c.status != RunStatus.cancelled)
     .values(status=bindparam("status"), error=bindparam("error"), output=bindparam("output"),
-            updated_at=bindparam("now"), finished_at=bindparam("now"), worker_id=None, lease_expires_at=None)
+            updated_at=bindparam("now"), finished_at=bindparam("now"), worker_id=None, lease_expires_at=None,
+            status_reason=None)
     .returning(*_RUNS.c)
 )
 # An execution ends only a run it still owns (see runtime.journal: the epoch is ``executions``).
@@ -178,11 +179,37 @@ def release_run(*, session: Session, run_id: str, epoch: int, retry_in: float) -
     return None if row is None else Run(**row._mapping)
 
 
-def claimable_run_ids(*, session: Session, limit: int) -> list[str]:
+def park_run(*, session: Session, run_id: str, epoch: int, reason: str) -> Run | None:
+    """Give a run back, unfailed, to wait for a process that serves its version: ``queued`` again with
+    ``reason`` (see :func:`claimable_run_ids`). None when this execution no longer owns it."""
+    query = (
+        update(Run)
+        .where(Run.id == run_id, Run.executions == epoch, Run.status == RunStatus.running)
+        .values(status=RunStatus.queued, status_reason=reason[:500], worker_id=None, lease_expires_at=None,
+                updated_at=utcnow())
+        .returning(*_RUNS.c)
+    )
+    row = session.execute(query).first()
+    return None if row is None else Run(**row._mapping)
+
+
+def claimable_run_ids(
+    *, session: Session, limit: int, serves: Collection[tuple[str, str]] | None = None
+) -> list[str]:
+    """Queued runs and running runs whose lease ran out, oldest first.
+
+    A parked run (queued with a ``status_reason``: a process that took it up did not serve its version)
+    is offered only to a process that ``serves`` its ``(workflow, version)``, so processes without that
+    version leave it alone instead of taking it up again and again. Every other run is offered to all:
+    whoever takes up a run it cannot drive parks it, with the reason for the operator to see."""
     now = utcnow()
+    queued = Run.status == RunStatus.queued
+    if serves is not None:
+        served = tuple_(Run.workflow, Run.version).in_(list(serves)) if serves else false()
+        queued = queued & (Run.status_reason.is_(None) | served)
     query = (
         select(Run.id)
-        .where(or_(Run.status == RunStatus.queued, (Run.status == RunStatus.running) & (Run.lease_expires_at < now)))
+        .where(or_(queued, (Run.status == RunStatus.running) & (Run.lease_expires_at < now)))
         .order_by(Run.created_at)
         .limit(limit)
     )
