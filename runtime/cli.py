@@ -91,8 +91,8 @@ def run_view(run: Any) -> dict[str, Any]:
 async def drive_and_show(steward: Steward, run_id: str) -> dict[str, Any]:
     await steward.executor.start(poll=False)
     run = await steward.executor.drive(run_id)
-    if run.status == RunStatus.running:  # another process holds it: follow until it pauses or ends
-        while run.status in (RunStatus.running, RunStatus.queued):
+    if run.status == RunStatus.running:  # another process holds it: follow until it pauses, parks or ends
+        while run.status == RunStatus.running or (run.status == RunStatus.queued and not run.status_reason):
             await asyncio.sleep(0.5)
             run = await steward.db.run(lambda s: store.get_run(session=s, run_id=run_id))
     view = run_view(run)
@@ -184,13 +184,14 @@ def run_workflow(
     wait: Annotated[bool, typer.Option("--wait", help="Drive the run here until it pauses or ends")] = False,
     actor: AsUser = DEFAULT_USER,
     idempotency_key: Annotated[str | None, typer.Option(help="Same key, same run")] = None,
+    version: Annotated[str | None, typer.Option("--version", help="Pin to this version (default: the highest)")] = None,
 ) -> None:
-    """Start a run; print it as JSON."""
+    """Start a run, pinned to --version or the workflow's highest loaded version; print it as JSON."""
     data = parse_input(input)
 
     async def go(steward: Steward) -> dict[str, Any]:
         run, _ = await steward.executor.submit(workflow=workflow, input=data, actor=actor,
-                                               idempotency_key=idempotency_key)
+                                               idempotency_key=idempotency_key, version=version)
         return await drive_and_show(steward, run.id) if wait else run_view(run)
 
     emit(with_steward(go))
@@ -201,18 +202,20 @@ def runs_list(
     status: Annotated[RunStatus | None, typer.Option(help="Only runs in this status")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
 ) -> None:
-    """Runs, newest first: id, workflow, version, status."""
+    """Runs, newest first: id, workflow, version, status (and why, when a run is parked)."""
 
     async def go(steward: Steward) -> list[Any]:
         return list(await steward.db.run(lambda s: store.list_runs(session=s, status=status, limit=limit)))
 
     for run in with_steward(go):
-        typer.echo(f"{run.id}  {run.workflow:<16} {run.version:<8} {run.status.value:<17} {run.created_at:%Y-%m-%d %H:%M:%S}")
+        reason = f"  ({run.status_reason})" if run.status_reason else ""
+        typer.echo(f"{run.id}  {run.workflow:<16} {run.version:<8} {run.status.value:<17} "
+                   f"{run.created_at:%Y-%m-%d %H:%M:%S}{reason}")
 
 
 @runs_app.command("show")
 def runs_show(run_id: str) -> None:
-    """One run with its steps and pending approvals, as JSON."""
+    """One run with its steps, pending approvals and ``status_reason`` (why it waits, when parked), as JSON."""
 
     async def go(steward: Steward) -> dict[str, Any]:
         def read(session: Any) -> tuple[Any, Any, list[str]]:

@@ -9,6 +9,7 @@
     ├── Unauthorized                401  missing or unknown bearer token
     ├── Conflict                    409  the request fits no longer (already decided, finished ...)
     ├── WorkflowDefinitionError     500  a workflow module is malformed (raised at construction)
+    │   └── WorkflowCodeChanged          a version's code changed after runs started on it (start-up refused)
     ├── NonDeterministicReplay      500  a re-executed step proposed another call than the one recorded
     ├── DatabaseUnavailable         503  the database failed or stayed busy after retries (retryable)
     ├── ExecutionStopped                 an execution must stop now (never reaches a client)
@@ -90,6 +91,15 @@ class Conflict(StewardError):
 
 class WorkflowDefinitionError(StewardError):
     code = "workflow_definition_invalid"
+
+
+class WorkflowCodeChanged(WorkflowDefinitionError):
+    """A loaded version's code hash differs from the one recorded when runs started on it.
+
+    >>> raise WorkflowCodeChanged("workflow price_change 1.0.0 changed since runs started on it ...")
+    """
+
+    code = "workflow_code_changed"
 
 
 class NonDeterministicReplay(StewardError):

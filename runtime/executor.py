@@ -45,6 +45,7 @@ from runtime.errors import (
     ExecutionStopped,
     RunCancelled,
     StewardError,
+    WorkflowNotFound,
 )
 from runtime.gate import APPROVAL, Gate
 from runtime.journal import Journal
@@ -144,10 +145,12 @@ class Executor:
     # -- creating and deciding ---------------------------------------------------------
 
     async def submit(
-        self, *, workflow: str, input: Any, actor: str, idempotency_key: str | None = None
+        self, *, workflow: str, input: Any, actor: str, idempotency_key: str | None = None,
+        version: str | None = None,
     ) -> tuple[Run, bool]:
-        """Validate and queue a run. Returns ``(run, created)``; a repeated idempotency key returns the first run."""
-        wf = self.registry.get(workflow)
+        """Validate and queue a run pinned to ``version`` (default: the highest loaded version of ``workflow``).
+        Returns ``(run, created)``; a repeated idempotency key returns the first run."""
+        wf = self.registry.get(workflow, version)
         data = wf.validate_input(input)
         scoped_key = f"{actor}:{idempotency_key}" if idempotency_key else None
         with tracer().start_as_current_span("steward.submit") as span:
@@ -176,7 +179,8 @@ class Executor:
                 return run, True
 
             def same_request(existing: Run) -> Run:
-                if existing.workflow != wf.name or existing.input != data:
+                if existing.workflow != wf.name or existing.input != data or (
+                        version is not None and existing.version != version):
                     raise Conflict(
                         f"Idempotency-Key {idempotency_key!r} was used for a different request "
                         f"(run {existing.id}); use a new key for a new run"
@@ -277,12 +281,9 @@ class Executor:
     async def _execute(self, run: Run, execution: Execution) -> Run:
         journal = execution.journal
         try:
-            wf = self.registry.get(run.workflow)
-            if wf.version != run.version:
-                raise StewardError(f"run {run.id} is pinned to {run.workflow} {run.version}, "
-                                   f"but this process serves version {wf.version}")
-        except StewardError as exc:
-            return await self._end(journal, RunStatus.failed, error=exc.to_dict())
+            wf = self.registry.get(run.workflow, run.version)  # a run resumes on the version it started on
+        except WorkflowNotFound as exc:
+            return await self._park(run, journal, exc)
         graph = self._graph(wf)
         config = {"configurable": {"thread_id": run.id}}
         attrs = {"steward.run_id": run.id, "steward.workflow": run.workflow, "steward.version": run.version}
@@ -385,6 +386,36 @@ class Executor:
             return await self.db.run(release)
         except Exception:
             log.warning("run %s could not be released; its lease will lapse", run.id, exc_info=True)
+            return run
+
+    async def _park(self, run: Run, journal: Journal, exc: WorkflowNotFound) -> Run:
+        """This process does not serve the run's version: give the run back without failing it.
+
+        It goes back to ``queued`` with a ``status_reason`` saying which version it waits for, and a
+        ``run.parked`` audit event. From then on the poller offers it only to processes that serve that
+        version (:func:`runtime.store.claim_next_runs`): no process without it takes it up again in a
+        loop, and the first process with it (one running now, or one started later) drives it on; taking
+        it up clears the reason."""
+        if journal.stopping is not None:  # cancelled meanwhile: that comes first
+            return await self._stopped(run, journal, exc)
+        loaded = ", ".join(self.registry.versions(run.workflow)) or f"no version of {run.workflow}"
+        reason = f"waiting for a process that serves {run.workflow} {run.version}; this one has loaded: {loaded}"
+        log.warning("run %s parked: %s", run.id, reason)
+
+        def park(session: Session) -> Run:
+            journal.flush_into(session)
+            parked = store.park_run(session=session, run_id=run.id, epoch=journal.epoch, reason=reason)
+            assert parked is not None  # the fence above held the row
+            audit.append(session, kind="run.parked", actor=SYSTEM, run=parked, data={
+                "version": run.version, "reason": parked.status_reason, "worker": self.worker_id})
+            return parked
+
+        try:
+            return await self.db.run(park)
+        except ExecutionFenced:
+            return await self.db.run(lambda s: store.get_run(session=s, run_id=run.id))
+        except Exception:
+            log.warning("run %s could not be parked; its lease will lapse", run.id, exc_info=True)
             return run
 
     async def _end(self, journal: Journal, status: RunStatus, *, error: dict | None = None, output: Any = None) -> Run:
@@ -504,7 +535,8 @@ class Executor:
                 free = self.concurrency - len(self._tasks)
                 if free > 0:
                     claimed = await self.db.run(lambda s: store.claim_next_runs(
-                        session=s, worker_id=self.worker_id, lease_seconds=self.lease_seconds, limit=free))
+                        session=s, worker_id=self.worker_id, lease_seconds=self.lease_seconds, limit=free,
+                        serves=self.registry.keys()))
                     for run in claimed:
                         self._spawn(run.id, self._drive_claimed(run))
             except asyncio.CancelledError:

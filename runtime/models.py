@@ -85,12 +85,25 @@ class Run(SQLModel, table=True):
     idempotency_key: str | None = Field(default=None, unique=True, max_length=300)
     trace_id: str | None = Field(default=None, max_length=32)
     cancel_requested: bool = False
+    status_reason: str | None = Field(default=None, max_length=500,
+                                      description="Why the run is in its status, e.g. parked: its version is not loaded")
     executions: int = Field(default=0, description="How many times a worker has taken up the run")
     worker_id: str | None = Field(default=None, max_length=200)
     lease_expires_at: datetime | None = _ts_opt(index=True)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
     finished_at: datetime | None = _ts_opt()
+
+
+class WorkflowVersion(SQLModel, table=True):
+    """A workflow version some process has served, with the hash of its code (see ``runtime.versions``)."""
+
+    __tablename__ = "workflow_versions"
+
+    name: str = Field(primary_key=True, max_length=100)
+    version: str = Field(primary_key=True, max_length=50)
+    code_hash: str = Field(max_length=64)
+    registered_at: datetime = _ts()
 
 
 class StepStatus(str, enum.Enum):

@@ -27,9 +27,12 @@ only through ``runtime.context`` (a :class:`runtime.context.StepContext`).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
+import marshal
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -93,6 +96,11 @@ class Workflow:
         object.__setattr__(self, "grants", grants)
 
     @cached_property
+    def code_hash(self) -> str:
+        """SHA-256 of the source of the module that defines ``build`` (see :func:`code_hash`)."""
+        return code_hash(self.build)
+
+    @cached_property
     def graph(self) -> StateGraph:
         graph = self.build()
         if not isinstance(graph, StateGraph):
@@ -115,32 +123,96 @@ class Workflow:
         return model.model_dump(mode="json")
 
 
+def semver_key(version: str) -> tuple:
+    """A sort key giving semantic-version precedence (semver.org §11): major, minor and patch compare as
+    numbers; a pre-release sorts below its release; pre-release identifiers compare as numbers when numeric
+    (below any alphanumeric one), else as text, a longer list above its prefix. Build metadata does not count
+    (it only breaks ties, so that the order is total).
+
+    >>> sorted(["1.10.0", "1.9.0", "1.10.0-rc.1"], key=semver_key)
+    ['1.9.0', '1.10.0-rc.1', '1.10.0']
+    """
+    core, _, build = version.partition("+")
+    core, dash, pre = core.partition("-")
+    major, minor, patch = (int(part) for part in core.split("."))
+    identifiers = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split(".")) if dash else ()
+    return major, minor, patch, 0 if dash else 1, identifiers, build
+
+
+def code_hash(build: Callable[..., Any]) -> str:
+    """SHA-256 (hex) of the source of the module that defines ``build``: any edit of that module changes it.
+
+    A function whose module has no readable source (defined in a REPL) is hashed by its compiled code.
+
+    >>> code_hash(price_change.build) == hashlib.sha256(Path(price_change.__file__).read_bytes()).hexdigest()
+    True
+    """
+    module = inspect.getmodule(build)
+    try:
+        source = inspect.getsource(module).encode() if module is not None else None
+    except (OSError, TypeError):
+        source = None
+    if source is None:
+        code = getattr(build, "__code__", None)
+        if code is None:
+            raise WorkflowDefinitionError(f"cannot read the source of {build!r} to compute its code hash; "
+                                          "define build as a function in a module")
+        source = marshal.dumps(code)
+    return hashlib.sha256(source).hexdigest()
+
+
 class Registry:
-    """The workflows one Steward instance serves, by name (latest version wins per name)."""
+    """The workflow versions one Steward instance serves, keyed by ``(name, version)``.
+
+    Several versions of a workflow load side by side: new runs take the highest semantic version unless
+    they name one, and a run always resumes on the version it started on.
+
+    >>> registry = Registry([price_change_1_0_0, price_change_1_1_0])
+    >>> registry.get("price_change").version, registry.get("price_change", "1.0.0").version
+    ('1.1.0', '1.0.0')
+    """
 
     def __init__(self, workflows: Iterable[Workflow]) -> None:
-        self._by_name: dict[str, Workflow] = {}
+        by_key: dict[tuple[str, str], Workflow] = {}
         for wf in workflows:
             if not isinstance(wf, Workflow):
                 raise WorkflowDefinitionError(f"{wf!r} is not a runtime.Workflow")
-            if wf.name in self._by_name and self._by_name[wf.name].version == wf.version:
+            if (wf.name, wf.version) in by_key:
                 raise WorkflowDefinitionError(f"workflow {wf.name!r} version {wf.version} is registered twice")
-            self._by_name[wf.name] = wf
-        for wf in self._by_name.values():
+            by_key[(wf.name, wf.version)] = wf
+        ordered = sorted(by_key.values(), key=lambda wf: (wf.name, semver_key(wf.version)))
+        self._by_key = {(wf.name, wf.version): wf for wf in ordered}
+        self._latest = {wf.name: wf for wf in ordered}  # ascending order: the highest version is written last
+        for wf in ordered:
             _ = wf.graph  # build now: a broken graph fails start-up, not the first run
 
-    def get(self, name: str) -> Workflow:
+    def get(self, name: str, version: str | None = None) -> Workflow:
+        """The workflow ``name`` at ``version``, or at its highest loaded version when ``version`` is None."""
+        if name not in self._latest:
+            known = ", ".join(self._latest) or "none"
+            raise WorkflowNotFound(f"no workflow named {name!r}; known: {known}")
+        if version is None:
+            return self._latest[name]
         try:
-            return self._by_name[name]
+            return self._by_key[(name, version)]
         except KeyError:
-            known = ", ".join(sorted(self._by_name)) or "none"
-            raise WorkflowNotFound(f"no workflow named {name!r}; known: {known}") from None
+            loaded = ", ".join(self.versions(name))
+            raise WorkflowNotFound(f"workflow {name!r} has no version {version!r}; loaded: {loaded}") from None
 
-    def __iter__(self):
-        return iter(self._by_name.values())
+    def versions(self, name: str) -> list[str]:
+        """The loaded versions of ``name``, lowest first."""
+        return [version for (wf_name, version) in self._by_key if wf_name == name]
+
+    def keys(self) -> list[tuple[str, str]]:
+        """Every loaded ``(name, version)``."""
+        return list(self._by_key)
+
+    def __iter__(self) -> Iterator[Workflow]:
+        """Every loaded version, by name, then lowest version first."""
+        return iter(self._by_key.values())
 
     def __len__(self) -> int:
-        return len(self._by_name)
+        return len(self._by_key)
 
 
 def load_object(spec: str) -> Any:

@@ -25,6 +25,7 @@ from runtime.executor import Executor
 from runtime.sdk import Registry, load_object, load_registry
 from runtime.settings import Settings
 from runtime.telemetry import setup_tracing
+from runtime.versions import register_versions
 
 
 class DatabaseNotMigrated(StewardError):
@@ -81,14 +82,20 @@ async def open_steward(
     connectors: Mapping[str, Connector] | None = None,
     approvals: ApprovalPort | None = None,
 ) -> AsyncIterator[Steward]:
-    """Open everything a Steward process needs; a SQLite database is migrated on the way."""
+    """Open everything a Steward process needs; a SQLite database is migrated on the way, and every
+    loaded workflow version is registered with its code hash (see :mod:`runtime.versions`)."""
     setup_tracing()
-    db = Database(settings.database_url)
-    if db.is_sqlite:
-        db.upgrade()
-    else:
-        check_migrated(db)
     registry = registry if registry is not None else load_registry(settings.workflows)
+    db = Database(settings.database_url)
+    try:
+        if db.is_sqlite:
+            db.upgrade()
+        else:
+            check_migrated(db)
+        await register_versions(db, registry)
+    except BaseException:
+        await db.dispose()
+        raise
     owned = connectors is None
     connectors = dict(connectors) if connectors is not None else build_connectors(settings)
     try:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select, text, tuple_, update
+from sqlalchemy import and_, bindparam, false, or_, select, text, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from runtime.errors import RunNotFound, Unauthorized
@@ -23,6 +24,7 @@ from runtime.models import (
     Run,
     RunStatus,
     RunStep,
+    WorkflowVersion,
     utcnow,
 )
 
@@ -77,7 +79,7 @@ _CLAIM = (
     update(_RUNS)
     .where(_RUNS.c.id == bindparam("run_id"), _TAKEABLE)
     .values(status=RunStatus.running, worker_id=bindparam("worker_id"), lease_expires_at=bindparam("lease"),
-            updated_at=bindparam("now"), executions=_RUNS.c.executions + 1)
+            updated_at=bindparam("now"), executions=_RUNS.c.executions + 1, status_reason=None)
     .returning(*_RUNS.c)
 )
 _FINISH = (
@@ -86,7 +88,8 @@ _FINISH = (
            _RUNS.c.status != RunStatus.failed, _RUNS.c.status != RunStatus.rejected,
            _RUNS.c.status != RunStatus.cancelled)
     .values(status=bindparam("status"), error=bindparam("error"), output=bindparam("output"),
-            updated_at=bindparam("now"), finished_at=bindparam("now"), worker_id=None, lease_expires_at=None)
+            updated_at=bindparam("now"), finished_at=bindparam("now"), worker_id=None, lease_expires_at=None,
+            status_reason=None)
     .returning(*_RUNS.c)
 )
 # An execution ends only a run it still owns (see runtime.journal: the epoch is ``executions``).
@@ -166,8 +169,46 @@ def notify_queued(*, session: Session) -> None:
         session.execute(text(f"NOTIFY {RUNS_CHANNEL}"))
 
 
-def claim_next_runs(*, session: Session, worker_id: str, lease_seconds: float, limit: int) -> list[Run]:
-    """Claim up to ``limit`` runs that are queued or whose lease ran out, oldest first.
+def park_run(*, session: Session, run_id: str, epoch: int, reason: str) -> Run | None:
+    """Give a run back, unfailed, to wait for a process that serves its version: ``queued`` again with
+    ``reason`` (see :func:`claim_next_runs`). None when this execution no longer owns it."""
+    query = (
+        update(Run)
+        .where(Run.id == run_id, Run.executions == epoch, Run.status == RunStatus.running)
+        .values(status=RunStatus.queued, status_reason=reason[:500], worker_id=None, lease_expires_at=None,
+                updated_at=utcnow())
+        .returning(*_RUNS.c)
+    )
+    row = session.execute(query).first()
+    return None if row is None else Run(**row._mapping)
+
+
+def _claimable(now: Any, serves: Collection[tuple[str, str]] | None) -> Any:
+    """Queued runs and running runs whose lease ran out. A parked run (queued with a ``status_reason``:
+    a process that took it up did not serve its version) is offered only to a process that ``serves``
+    its ``(workflow, version)``, so processes without that version leave it alone instead of taking it
+    up again and again. Every other run is offered to all: whoever takes up a run it cannot drive parks
+    it, with the reason for the operator to see."""
+    queued = _RUNS.c.status == RunStatus.queued
+    if serves is not None:
+        served = tuple_(_RUNS.c.workflow, _RUNS.c.version).in_(list(serves)) if serves else false()
+        queued = queued & (_RUNS.c.status_reason.is_(None) | served)
+    return or_(queued, and_(_RUNS.c.status == RunStatus.running, _RUNS.c.lease_expires_at < now))
+
+
+def claimable_run_ids(
+    *, session: Session, limit: int, serves: Collection[tuple[str, str]] | None = None
+) -> list[str]:
+    """The runs :func:`claim_next_runs` would offer, oldest first, without claiming them."""
+    query = select(_RUNS.c.id).where(_claimable(utcnow(), serves)).order_by(_RUNS.c.created_at).limit(limit)
+    return list(session.scalars(query).all())
+
+
+def claim_next_runs(
+    *, session: Session, worker_id: str, lease_seconds: float, limit: int,
+    serves: Collection[tuple[str, str]] | None = None,
+) -> list[Run]:
+    """Claim up to ``limit`` claimable runs (see :func:`_claimable`), oldest first.
 
     On PostgreSQL the candidates are locked with ``FOR UPDATE SKIP LOCKED``, so any number of
     workers claim concurrently without waiting for each other or claiming one run twice; SQLite
@@ -175,8 +216,7 @@ def claim_next_runs(*, session: Session, worker_id: str, lease_seconds: float, l
     now = utcnow()
     candidates = (
         select(_RUNS.c.id)
-        .where(or_(_RUNS.c.status == RunStatus.queued,
-                   and_(_RUNS.c.status == RunStatus.running, _RUNS.c.lease_expires_at < now)))
+        .where(_claimable(now, serves))
         .order_by(_RUNS.c.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -186,7 +226,7 @@ def claim_next_runs(*, session: Session, worker_id: str, lease_seconds: float, l
         update(_RUNS)
         .where(_RUNS.c.id.in_(candidates), _TAKEABLE)
         .values(status=RunStatus.running, worker_id=worker_id, lease_expires_at=now + timedelta(seconds=lease_seconds),
-                updated_at=now, executions=_RUNS.c.executions + 1)
+                updated_at=now, executions=_RUNS.c.executions + 1, status_reason=None)
         .returning(*_RUNS.c)
     )
     rows = session.connection().execute(query, {"now": now, "force_from": None}).all()
@@ -201,6 +241,35 @@ def running_runs_by_worker_prefix(*, session: Session, prefix: str) -> Sequence[
 def cancel_requested_ids(*, session: Session, worker_id: str) -> list[str]:
     query = select(Run.id).where(Run.worker_id == worker_id, Run.status == RunStatus.running, Run.cancel_requested)
     return list(session.scalars(query).all())
+
+
+def insert_workflow_version(*, session: Session, name: str, version: str, code_hash: str) -> bool:
+    """Record a version's code hash unless a row for ``(name, version)`` exists; True when inserted.
+
+    An insert that does nothing on conflict: concurrent start-ups registering the same version do not
+    fail (on PostgreSQL the second waits for the first to commit, then inserts nothing)."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(WorkflowVersion).values(
+        name=name, version=version, code_hash=code_hash, registered_at=utcnow()
+    ).on_conflict_do_nothing(index_elements=["name", "version"]).returning(WorkflowVersion.name)
+    return session.execute(statement).first() is not None
+
+
+def lock_workflow_version(*, session: Session, name: str, version: str) -> WorkflowVersion:
+    """The recorded version, its row locked for this transaction (``FOR UPDATE`` on PostgreSQL)."""
+    query = (select(WorkflowVersion).where(WorkflowVersion.name == name, WorkflowVersion.version == version)
+             .with_for_update().execution_options(populate_existing=True))
+    return session.scalars(query).one()
+
+
+def list_workflow_versions(*, session: Session) -> Sequence[WorkflowVersion]:
+    query = select(WorkflowVersion).order_by(WorkflowVersion.name, WorkflowVersion.version)
+    return session.scalars(query).all()
+
+
+def version_has_runs(*, session: Session, workflow: str, version: str) -> bool:
+    query = select(Run.id).where(Run.workflow == workflow, Run.version == version).limit(1)
+    return session.scalars(query).first() is not None
 
 
 def recorded_calls(*, session: Session, run_id: str) -> dict[str, Recorded]:

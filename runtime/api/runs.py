@@ -23,10 +23,11 @@ async def create_run(
     response: Response,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> RunPublic:
-    """Validate the input against the workflow's model and queue a run. A repeated
+    """Validate the input against the workflow's model and queue a run, pinned to ``version`` or else to
+    the workflow's highest loaded version (404 when that version is not loaded). A repeated
     ``Idempotency-Key`` with the same body returns the first run (200)."""
     run, created = await steward.executor.submit(
-        workflow=body.workflow, input=body.input, actor=user, idempotency_key=idempotency_key
+        workflow=body.workflow, input=body.input, actor=user, idempotency_key=idempotency_key, version=body.version
     )
     if not created:
         response.status_code = 200

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.models import RunStatus, StepStatus
+from runtime.sdk import SEMVER
 
 
 class RunCreate(BaseModel):
@@ -16,6 +17,10 @@ class RunCreate(BaseModel):
     workflow: str = Field(min_length=1, max_length=100, examples=["price_change"])
     input: dict[str, Any] = Field(
         examples=[{"items": [{"sku": "SKU-1001", "new_price": "115.00", "currency": "EUR"}], "reason": "cost increase"}]
+    )
+    version: str | None = Field(
+        None, max_length=50, pattern=SEMVER.pattern, examples=["1.0.0"],
+        description="Pin the run to this loaded version; default: the workflow's highest loaded version",
     )
 
 
@@ -37,6 +42,8 @@ class RunPublic(BaseModel):
     workflow: str
     version: str
     status: RunStatus
+    status_reason: str | None = Field(description="Why the run is in its status, e.g. parked: its version is "
+                                                   "not loaded by any process that took it up")
     created_by: str
     created_at: datetime
     updated_at: datetime
