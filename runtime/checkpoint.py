@@ -1,17 +1,51 @@
-"""The LangGraph checkpointer on Steward's own database (SQLite file or PostgreSQL).
+"""The LangGraph checkpointer on Steward's own database (SQLite file or PostgreSQL), fenced.
+
+A checkpoint is saved only while the execution that writes it still owns its run: the
+executor puts the execution's epoch into the graph config (``EPOCH``), and the saver
+checks it against the run's row before every new checkpoint. A stalled worker whose
+run was taken over therefore cannot fork the run's history with a checkpoint of its
+own. (The check and the save are two statements on two connections; the window
+between them is what is left, and the executor's own writes are fenced in-transaction.)
 
 >>> async with open_checkpointer(db) as saver:
 ...     graph = workflow.graph.compile(checkpointer=saver)
+>>> await graph.ainvoke(None, {"configurable": {"thread_id": run.id, EPOCH: run.executions}})
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from runtime.db import Database
+from runtime.errors import ExecutionFenced
+
+EPOCH = "steward_epoch"
+_OWNED = "SELECT 1 FROM runs WHERE id = ? AND executions = ? AND status = 'running'"
+
+
+class _Fenced:
+    """Mixed into the LangGraph saver classes: :meth:`aput` refuses a checkpoint of a lost execution."""
+
+    steward_db: Database
+
+    async def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
+        configurable = config.get("configurable", {})
+        epoch = configurable.get(EPOCH)
+        if epoch is not None:
+            run_id, db = configurable["thread_id"], self.steward_db
+
+            def owned(cursor: Any) -> bool:
+                cursor.execute(db.raw.sql(_OWNED), (run_id, epoch))
+                return cursor.fetchone() is not None
+
+            if not await db.run_cursor(owned):
+                raise ExecutionFenced(f"run {run_id} is no longer owned by execution {epoch}; "
+                                      "its checkpoint is refused")
+        return await super().aput(config, checkpoint, metadata, new_versions)  # type: ignore[misc]
 
 
 @asynccontextmanager
@@ -19,7 +53,10 @@ async def open_checkpointer(db: Database, *, pool_size: int = 10) -> AsyncIterat
     if db.is_sqlite:
         from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-        async with AsyncSqliteSaver.from_conn_string(db.sqlite_path) as saver:
+        class FencedSqliteSaver(_Fenced, AsyncSqliteSaver):
+            steward_db = db
+
+        async with FencedSqliteSaver.from_conn_string(db.sqlite_path) as saver:
             await saver.setup()
             db.write_lock = saver.lock
             try:
@@ -29,6 +66,9 @@ async def open_checkpointer(db: Database, *, pool_size: int = 10) -> AsyncIterat
         return
 
     from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+    class FencedPostgresSaver(_Fenced, AsyncPostgresSaver):
+        steward_db = db
     from psycopg.rows import dict_row
     from psycopg_pool import AsyncConnectionPool
 
@@ -41,7 +81,7 @@ async def open_checkpointer(db: Database, *, pool_size: int = 10) -> AsyncIterat
     )
     await pool.open()
     try:
-        saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+        saver = FencedPostgresSaver(pool)  # type: ignore[arg-type]
         await saver.setup()
         yield saver
     finally:

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from runtime import audit, store
 from runtime.approval import ApprovalNeed, ApprovalPort
+from runtime.checkpoint import EPOCH
 from runtime.connectors.base import Connector
 from runtime.context import StepContext
 from runtime.db import Database, is_transient, raw_cursor
@@ -285,7 +286,7 @@ class Executor:
         except WorkflowNotFound as exc:
             return await self._park(run, journal, exc)
         graph = self._graph(wf)
-        config = {"configurable": {"thread_id": run.id}}
+        config = {"configurable": {"thread_id": run.id, EPOCH: journal.epoch}}
         attrs = {"steward.run_id": run.id, "steward.workflow": run.workflow, "steward.version": run.version}
         spans: dict[str, trace.Span] = {}
         with tracer().start_as_current_span("steward.run", context=run_parent(run.trace_id), attributes=attrs) as run_span:
@@ -353,7 +354,7 @@ class Executor:
 
     async def _stopped(self, run: Run, journal: Journal, exc: BaseException) -> Run:
         """The execution stopped on purpose: cancelled (the run ends so), or fenced (nothing more is written)."""
-        reason = journal.stopping
+        reason = journal.stopping or (exc if isinstance(exc, ExecutionStopped) else None)
         if isinstance(reason, RunCancelled):
             log.info("run %s stopped: cancelled", run.id)
             return await self._end(journal, RunStatus.cancelled)

@@ -29,7 +29,7 @@ async def expire_lease(steward, run_id: str) -> None:
     await steward.db.run(lambda s: s.execute(update(Run).where(Run.id == run_id).values(lease_expires_at=past)))
 
 
-@pytest.mark.parametrize("then", ["writes", "raises"])
+@pytest.mark.parametrize("then", ["writes", "raises", "returns"])
 async def test_a_stalled_worker_cannot_change_a_run_another_worker_took_over(open_custom, sandbox, then) -> None:
     entered, wake = asyncio.Event(), asyncio.Event()
     executions: list[int] = []
@@ -41,6 +41,8 @@ async def test_a_stalled_worker_cannot_change_a_run_another_worker_took_over(ope
             await wake.wait()
             if then == "raises":
                 raise RuntimeError("A's step fails after waking")
+            if then == "returns":
+                return {"amount": "stale"}  # no Steward write: only LangGraph's checkpoint would follow
         done = await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="130.00")
         return {"amount": done["amount"]}
 
@@ -55,8 +57,12 @@ async def test_a_stalled_worker_cannot_change_a_run_another_worker_took_over(ope
                      approvals=a.approvals, lease_seconds=5)
         finished = await b.drive(run.id)
         assert finished.status == RunStatus.succeeded and finished.output == {"amount": "130.00"}
+        config = {"configurable": {"thread_id": run.id}}
+        history = [c.config["configurable"]["checkpoint_id"] async for c in a.checkpointer.alist(config)]
         wake.set()
         seen_by_a = await driving_a
+        after = [c.config["configurable"]["checkpoint_id"] async for c in a.checkpointer.alist(config)]
+        assert after == history, "A's checkpoint was refused: the run's history does not fork"
         assert seen_by_a.status == RunStatus.succeeded, "A stops without changing what B left"
         current = await steward.db.run(lambda s: store.get_run(session=s, run_id=run.id))
         trail = await steward.db.run(lambda s: store.list_audit(session=s, run_id=run.id))
