@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -82,10 +84,8 @@ async def open_steward(
     """Open everything a Steward process needs; a SQLite database is migrated on the way."""
     setup_tracing()
     db = Database(settings.database_url)
-    if db.is_sqlite:
-        db.upgrade()
-    else:
-        check_migrated(db)
+    # Migrating and checking the schema are synchronous database work: in a thread, like the rest.
+    await asyncio.to_thread(db.upgrade if db.is_sqlite else functools.partial(check_migrated, db))
     registry = registry if registry is not None else load_registry(settings.workflows)
     owned = connectors is None
     connectors = dict(connectors) if connectors is not None else build_connectors(settings)
