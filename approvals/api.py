@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from runtime import store
 from runtime.api.deps import StewardDep, UserDep
+from runtime.api.responses import encode_list, json_body
 from runtime.api.schemas import ApprovalPublic, DecisionCreate
 from runtime.models import ApprovalStatus
 
@@ -24,15 +25,15 @@ async def list_approvals(
     status: ApprovalStatus | None = None,
     run_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[ApprovalPublic]:
-    found = await steward.db.run(
-        lambda s: store.list_approvals(session=s, status=status, run_id=run_id, limit=limit))
-    return [ApprovalPublic.model_validate(a) for a in found]
+) -> Response:
+    body = await steward.db.run(lambda s: encode_list(
+        ApprovalPublic, store.list_approvals(session=s, status=status, run_id=run_id, limit=limit)), read_only=True)
+    return json_body(body)
 
 
 @router.get("/{approval_id}", response_model=ApprovalPublic, summary="One approval request")
 async def get_approval(approval_id: str, steward: StewardDep, _: UserDep) -> ApprovalPublic:
-    approval = await steward.db.run(lambda s: store.get_approval(session=s, approval_id=approval_id))
+    approval = await steward.db.run(lambda s: store.get_approval(session=s, approval_id=approval_id), read_only=True)
     return ApprovalPublic.model_validate(approval)
 
 

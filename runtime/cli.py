@@ -173,7 +173,8 @@ def runs_list(
     """Runs, newest first: id, workflow, version, status."""
 
     async def go(steward: Steward) -> list[Any]:
-        return list(await steward.db.run(lambda s: store.list_runs(session=s, status=status, limit=limit)))
+        return list(await steward.db.run(lambda s: store.list_runs(session=s, status=status, limit=limit),
+                                         read_only=True))
 
     for run in with_steward(go):
         typer.echo(f"{run.id}  {run.workflow:<16} {run.version:<8} {run.status.value:<17} {run.created_at:%Y-%m-%d %H:%M:%S}")
@@ -188,7 +189,7 @@ def runs_show(run_id: str) -> None:
                 store.list_approvals(session=session, run_id=run_id, status=ApprovalStatus.pending))
 
     async def go(steward: Steward) -> dict[str, Any]:
-        run, steps, pending = await steward.db.run(read)
+        run, steps, pending = await steward.db.run(read, read_only=True)
         view = run_view(run)
         view["steps"] = [StepPublic.model_validate(step).model_dump(mode="json") for step in steps]
         view["pending_approval_ids"] = [a.id for a in pending]
@@ -214,7 +215,7 @@ def approvals_list(
     """Approval requests: id, run, action, reason."""
 
     async def go(steward: Steward) -> list[Any]:
-        return list(await steward.db.run(lambda s: store.list_approvals(session=s, status=status)))
+        return list(await steward.db.run(lambda s: store.list_approvals(session=s, status=status), read_only=True))
 
     for a in with_steward(go):
         typer.echo(f"{a.id}  run {a.run_id}  {a.status.value:<9} {a.action}  {a.reason}")
@@ -248,7 +249,7 @@ def audit_verify() -> None:
     """Recompute the hash chain; exit 1 and name the first broken event if it was tampered with."""
 
     async def go(steward: Steward) -> audit.Verification:
-        return await steward.db.run(audit.verify)
+        return await steward.db.run(audit.verify, read_only=True)
 
     result = with_steward(go)
     if result.ok:
@@ -266,7 +267,8 @@ def audit_list(
     """Audit events as JSON Lines."""
 
     async def go(steward: Steward) -> list[Any]:
-        return list(await steward.db.run(lambda s: store.list_audit(session=s, run_id=run_id, limit=limit)))
+        return list(await steward.db.run(lambda s: store.list_audit(session=s, run_id=run_id, limit=limit),
+                                         read_only=True))
 
     for event in with_steward(go):
         typer.echo(json.dumps(event.model_dump(mode="json"), ensure_ascii=False, sort_keys=True))

@@ -1,5 +1,5 @@
-"""The data layer keeps the event loop free: transactions run in threads, reads beside the writer,
-and SQLite's two writers (Steward's and the checkpointer's) take turns without errors."""
+"""The data layer keeps the event loop free: transactions run in threads, long reads beside the
+writer, and SQLite's two writers (Steward's and the checkpointer's) take turns without errors."""
 
 from __future__ import annotations
 
@@ -9,15 +9,90 @@ import logging
 import sqlite3
 import threading
 
+import httpx
 import psycopg
 import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from runtime import audit, store
+from runtime.app import create_app, seed_demo_tokens
 from runtime.db import Database
 from runtime.models import ApprovalStatus, AuditEvent, RunStatus
 from runtime.service import open_steward
+
+OPERATOR = {"Authorization": "Bearer steward-demo-operator"}
+
+
+async def fill_chain(db: Database, events: int) -> None:
+    batch = [audit.pending_event(kind="test.filler", actor="test", data={"i": i}) for i in range(events)]
+    await db.run_cursor(lambda cursor: audit.write_events(cursor, db.raw, batch))
+
+
+class Ticker:
+    """Counts the turns the event loop gives to a coroutine that only yields."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self._task = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            self.ticks += 1
+            await asyncio.sleep(0)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await self._task
+
+
+async def test_a_long_verify_leaves_the_loop_and_the_writer_free(steward, settings, connectors, monkeypatch) -> None:
+    """GET /api/v1/audit/verify, paused half-way through the chain: meanwhile the loop keeps turning
+    and a write commits; the verification then reads the one snapshot it started with."""
+    db = steward.db
+    await fill_chain(db, 1000)
+    loop_thread = threading.get_ident()
+    reached, release = threading.Event(), threading.Event()
+    seen: dict[str, int] = {}
+    ticker = Ticker()
+    batches = audit._events_in_batches
+
+    def paused_half_way(cursor, raw, batch):
+        for i, row in enumerate(batches(cursor, raw, 100)):  # ten batches instead of one
+            if i == 550:
+                seen["thread"], seen["ticks"] = threading.get_ident(), ticker.ticks
+                if seen["thread"] != loop_thread:  # on the loop, waiting here would hang the test
+                    reached.set()
+                    release.wait(timeout=60)
+            yield row
+
+    monkeypatch.setattr(audit, "_events_in_batches", paused_half_way)
+    app = create_app(settings, connectors=connectors, start_executor=False)
+    app.state.steward = steward
+    await seed_demo_tokens(steward)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://steward") as client:
+        request = asyncio.create_task(client.get("/api/v1/audit/verify", headers=OPERATOR))
+        try:
+            while not reached.is_set():
+                assert not request.done(), f"verify finished without pausing in a thread: {seen}"
+                await asyncio.sleep(0)
+            # verify is now stopped in the middle of the chain, in its thread
+            await db.run(lambda s: audit.append(s, kind="test.written_meanwhile", actor="test"))
+            for _ in range(100):
+                await asyncio.sleep(0)
+            assert not request.done()
+            ticks_while_paused = ticker.ticks - seen["ticks"]
+        finally:
+            release.set()
+        response = await request
+    await ticker.stop()
+
+    assert seen["thread"] != loop_thread
+    assert ticks_while_paused >= 100
+    assert response.status_code == 200
+    assert response.json() == {"ok": True, "events": 1000, "broken_seq": None, "reason": None}  # its snapshot
+    assert (await db.run(audit.verify, read_only=True)).events == 1001
 
 
 async def test_every_transaction_runs_in_a_thread(database_url: str) -> None:
@@ -48,6 +123,8 @@ async def test_a_read_only_transaction_cannot_write(database_url: str) -> None:
 
 
 async def test_a_cancelled_caller_does_not_cut_a_transaction_in_half(database_url: str) -> None:
+    """The caller gives up half-way through its transaction: the transaction still ends whole,
+    and closing the database waits for it."""
     db = Database(database_url)
     await asyncio.to_thread(db.upgrade)
     inside, release = threading.Event(), threading.Event()
@@ -65,11 +142,14 @@ async def test_a_cancelled_caller_does_not_cut_a_transaction_in_half(database_ur
         caller.cancel()
         with pytest.raises(asyncio.CancelledError):
             await caller
-        release.set()
-        kinds = await db.run(lambda s: list(s.scalars(select(AuditEvent.kind).order_by(AuditEvent.seq))))
     finally:
         release.set()
         await db.dispose()
+    reopened = Database(database_url)
+    try:
+        kinds = await reopened.run(lambda s: list(s.scalars(select(AuditEvent.kind).order_by(AuditEvent.seq))))
+    finally:
+        await reopened.dispose()
     assert kinds == ["test.first", "test.second"]
 
 
