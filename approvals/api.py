@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from approvals import service
 from approvals.models import ApprovalStatus
@@ -15,6 +15,7 @@ from approvals.schemas import ApprovalPublic, DecisionCreate
 from approvals.store import get_approval as get_one
 from approvals.store import list_approvals as list_some
 from runtime.api.deps import StewardDep, UserDep
+from runtime.api.responses import encode_list, json_body
 
 router = APIRouter(prefix="/approvals", tags=["approvals"])
 
@@ -26,14 +27,15 @@ async def list_approvals(
     status: ApprovalStatus | None = None,
     run_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[ApprovalPublic]:
-    found = await steward.db.run(lambda s: list_some(session=s, status=status, run_id=run_id, limit=limit))
-    return [ApprovalPublic.model_validate(a) for a in found]
+) -> Response:
+    body = await steward.db.run(lambda s: encode_list(
+        ApprovalPublic, list_some(session=s, status=status, run_id=run_id, limit=limit)), read_only=True)
+    return json_body(body)
 
 
 @router.get("/{approval_id}", response_model=ApprovalPublic, summary="One approval request")
 async def get_approval(approval_id: str, steward: StewardDep, _: UserDep) -> ApprovalPublic:
-    approval = await steward.db.run(lambda s: get_one(session=s, approval_id=approval_id))
+    approval = await steward.db.run(lambda s: get_one(session=s, approval_id=approval_id), read_only=True)
     return ApprovalPublic.model_validate(approval)
 
 

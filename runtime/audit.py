@@ -7,14 +7,15 @@ PostgreSQL alike; :func:`verify` recomputes the chain and names the first event
 that does not fit.
 
 >>> await db.run(lambda session: append(session, kind="token.created", actor="ops", data={"user": "bot"}))
->>> (await db.run(verify)).ok
+>>> (await db.run(verify, read_only=True)).ok
 True
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -154,17 +155,19 @@ class Verification:
         return {"ok": self.ok, "events": self.events, "broken_seq": self.broken_seq, "reason": self.reason}
 
 
-def verify_events(events: Iterable[AuditEvent], *, head_seq: int, head_hash: str) -> Verification:
+def verify_events(events: Iterable[dict[str, Any]], *, head_seq: int, head_hash: str) -> Verification:
+    """Check ``events`` (mappings of the stored columns, in seq order) against each other and the head."""
     prev_hash, expected_seq, count = GENESIS, 1, 0
     for event in events:
         count += 1
-        if event.seq != expected_seq:
-            return Verification(False, count, expected_seq, f"event {expected_seq} is missing (next is {event.seq})")
-        if event.prev_hash != prev_hash:
-            return Verification(False, count, event.seq, f"event {event.seq} does not link to event {event.seq - 1}")
-        if compute_hash(event) != event.hash:
-            return Verification(False, count, event.seq, f"event {event.seq} was altered: its hash does not match")
-        prev_hash, expected_seq = event.hash, event.seq + 1
+        seq = event["seq"]
+        if seq != expected_seq:
+            return Verification(False, count, expected_seq, f"event {expected_seq} is missing (next is {seq})")
+        if event["prev_hash"] != prev_hash:
+            return Verification(False, count, seq, f"event {seq} does not link to event {seq - 1}")
+        if compute_hash(event) != event["hash"]:
+            return Verification(False, count, seq, f"event {seq} was altered: its hash does not match")
+        prev_hash, expected_seq = event["hash"], seq + 1
     if expected_seq - 1 != head_seq or prev_hash != head_hash:
         return Verification(
             False, count, expected_seq, f"the chain ends at event {expected_seq - 1} but its head says {head_seq}"
@@ -172,11 +175,45 @@ def verify_events(events: Iterable[AuditEvent], *, head_seq: int, head_hash: str
     return Verification(True, count)
 
 
-def verify(session: Session) -> Verification:
-    """Recompute the whole chain in order; name the first event that is missing or altered."""
-    head = session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)).one()
-    events = session.scalars(select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=1000))
-    try:
-        return verify_events(events, head_seq=head.seq, head_hash=head.hash)
-    finally:
-        events.close()  # verification may stop early; the server-side cursor must not linger
+VERIFY_BATCH = 5000
+# Every so many events a verification pauses for a moment: it runs in a thread beside the event
+# loop, and a thread that never blocks would make the loop wait up to the interpreter's switch
+# interval (5 ms) each time it takes the GIL back after a socket call.
+YIELD_EVERY = 200
+YIELD_SECONDS = 0.0002
+_STORED = (*HASHED, "hash")
+_HEAD = "SELECT seq, hash FROM audit_head WHERE id = 1"
+_BATCH = (f"SELECT {', '.join(name if name != 'data' else 'CAST(data AS TEXT)' for name in _STORED)}"
+          " FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?")
+
+
+def _events_in_batches(cursor: Any, raw: RawSql, batch: int) -> Iterator[dict[str, Any]]:
+    """Every event in chain order, ``batch`` rows per query keyed by seq (no cursor held open between them)."""
+    after, data = 0, _STORED.index("data")
+    while True:
+        cursor.execute(raw.sql(_BATCH), (after, batch))
+        rows = cursor.fetchall()
+        for number, row in enumerate(rows, 1):
+            event = dict(zip(_STORED, row))
+            event["data"] = orjson.loads(row[data])
+            yield event
+            if number % YIELD_EVERY == 0:
+                time.sleep(YIELD_SECONDS)
+        if len(rows) < batch:
+            return
+        after = rows[-1][0]
+
+
+def verify(session: Session, *, batch: int = VERIFY_BATCH) -> Verification:
+    """Recompute the whole chain in order; name the first event that is missing or altered.
+
+    A long chain is read ``batch`` events at a time; run it as a read-only transaction, so that it
+    reads one snapshot beside the writers instead of holding them up:
+
+    >>> await db.run(verify, read_only=True)
+    """
+    raw = raw_sql(postgres=session.get_bind().dialect.name == "postgresql")
+    cursor = raw_cursor(session)
+    cursor.execute(raw.sql(_HEAD))
+    head_seq, head_hash = cursor.fetchone()
+    return verify_events(_events_in_batches(cursor, raw, batch), head_seq=head_seq, head_hash=head_hash)

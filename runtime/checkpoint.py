@@ -7,6 +7,15 @@ run was taken over therefore cannot fork the run's history with a checkpoint of 
 own. (The check and the save are two statements on two connections; the window
 between them is what is left, and the executor's own writes are fenced in-transaction.)
 
+On SQLite the checkpointer (``AsyncSqliteSaver``) writes through its own connection,
+in aiosqlite's thread, and Steward writes through its writer thread (see
+:mod:`runtime.db`); neither runs on the event loop. The two writers meet in SQLite's
+own locking: WAL lets every reader go on while one connection writes, and both
+connections wait for the write lock under the same busy timeout. Steward's write
+transactions take that lock at ``BEGIN IMMEDIATE``, so neither side ever has to
+upgrade a read to a write (the one case a busy timeout does not retry). On
+PostgreSQL the checkpointer has a psycopg pool of its own.
+
 >>> async with open_checkpointer(db) as saver:
 ...     graph = workflow.graph.compile(checkpointer=saver)
 >>> await graph.ainvoke(None, {"configurable": {"thread_id": run.id, EPOCH: run.executions}})
@@ -20,7 +29,7 @@ from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
-from runtime.db import Database
+from runtime.db import SQLITE_BUSY_TIMEOUT_MS, Database
 from runtime.errors import ExecutionFenced
 
 EPOCH = "steward_epoch"
@@ -51,18 +60,16 @@ class _Fenced:
 @asynccontextmanager
 async def open_checkpointer(db: Database, *, pool_size: int = 10) -> AsyncIterator[BaseCheckpointSaver]:
     if db.is_sqlite:
+        import aiosqlite
         from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
         class FencedSqliteSaver(_Fenced, AsyncSqliteSaver):
             steward_db = db
 
-        async with FencedSqliteSaver.from_conn_string(db.sqlite_path) as saver:
+        async with aiosqlite.connect(db.sqlite_path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000) as connection:
+            saver = FencedSqliteSaver(connection)
             await saver.setup()
-            db.write_lock = saver.lock
-            try:
-                yield saver
-            finally:
-                db.write_lock = None
+            yield saver
         return
 
     from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver

@@ -205,7 +205,8 @@ def runs_list(
     """Runs, newest first: id, workflow, version, status (and why, when a run is parked)."""
 
     async def go(steward: Steward) -> list[Any]:
-        return list(await steward.db.run(lambda s: store.list_runs(session=s, status=status, limit=limit)))
+        return list(await steward.db.run(lambda s: store.list_runs(session=s, status=status, limit=limit),
+                                         read_only=True))
 
     for run in with_steward(go):
         reason = f"  ({run.status_reason})" if run.status_reason else ""
@@ -222,7 +223,7 @@ def runs_show(run_id: str) -> None:
             return (store.get_run(session=session, run_id=run_id), store.list_steps(session=session, run_id=run_id),
                     steward.executor.approvals.pending_ids(session, run_id=run_id))
 
-        run, steps, pending = await steward.db.run(read)
+        run, steps, pending = await steward.db.run(read, read_only=True)
         view = run_view(run)
         view["steps"] = [StepPublic.model_validate(step).model_dump(mode="json") for step in steps]
         view["pending_approval_ids"] = pending
@@ -246,7 +247,7 @@ def audit_verify() -> None:
     """Recompute the hash chain; exit 1 and name the first broken event if it was tampered with."""
 
     async def go(steward: Steward) -> audit.Verification:
-        return await steward.db.run(audit.verify)
+        return await steward.db.run(audit.verify, read_only=True)
 
     result = with_steward(go)
     if result.ok:
@@ -264,7 +265,8 @@ def audit_list(
     """Audit events as JSON Lines."""
 
     async def go(steward: Steward) -> list[Any]:
-        return list(await steward.db.run(lambda s: store.list_audit(session=s, run_id=run_id, limit=limit)))
+        return list(await steward.db.run(lambda s: store.list_audit(session=s, run_id=run_id, limit=limit),
+                                         read_only=True))
 
     for event in with_steward(go):
         typer.echo(json.dumps(event.model_dump(mode="json"), ensure_ascii=False, sort_keys=True))

@@ -3,14 +3,31 @@
 The SQLModel tables and the LangGraph checkpointer share one database: a SQLite
 file by default, PostgreSQL (psycopg 3) when ``STEWARD_DATABASE_URL`` says so.
 
-The data layer is plain synchronous SQLAlchemy; the async core reaches it through
-one adapter, :meth:`Database.run`, which runs a function as one transaction: in a
-worker thread for PostgreSQL (one thread hop per transaction, not per statement),
-inline for SQLite, serialised with the checkpointer's writes.
+The data layer is plain synchronous SQLAlchemy. The async core reaches it through
+two adapters only, :meth:`Database.run` (a function of a ``Session``) and
+:meth:`Database.run_cursor` (a function of a DBAPI cursor: the per-step path); each
+runs the function as one transaction in a thread, one thread hop per transaction,
+never on the event loop:
+
+- SQLite: every write transaction runs on one writer thread that ``Database`` owns,
+  so Steward is a single writer to the file and the cursor path keeps one connection
+  there. Write transactions begin with ``BEGIN IMMEDIATE``: they take the write lock
+  first, waiting for it under ``busy_timeout``, and never have to upgrade a read
+  (see :mod:`runtime.checkpoint` for the checkpointer's connection, the other
+  writer). Read-only transactions (``read_only=True``) run on a few reader threads
+  with read-only connections; under WAL they read one snapshot beside the writer.
+- PostgreSQL: the loop's default thread pool, a pooled connection per transaction;
+  read-only transactions are ``REPEATABLE READ, READ ONLY`` (one snapshot).
+
+A transaction that loses a race (a deadlock, a serialization failure, a lost
+connection, a locked file) runs again, a commit that fails is never run twice, and
+a caller that is cancelled while it waits does not cut its transaction in half: the
+transaction runs to its end in its thread, committed or rolled back whole.
 
 >>> db = Database("sqlite:///./steward.db")
 >>> db.upgrade()
 >>> run = await db.run(lambda session: store.get_run(session=session, run_id="…"))
+>>> check = await db.run(audit.verify, read_only=True)
 """
 
 from __future__ import annotations
@@ -23,6 +40,7 @@ import logging
 import random
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -34,15 +52,17 @@ import psycopg
 from psycopg_pool import PoolTimeout
 from sqlalchemy import create_engine, event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session
 
 from runtime.errors import DatabaseUnavailable, StewardError
+from runtime.threads import Threads
 
 log = logging.getLogger("steward.db")
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 T = TypeVar("T")
+SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 class DatabaseUrlInvalid(StewardError):
@@ -94,15 +114,36 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # The driver's own transaction handling (a deferred BEGIN slipped in before the first
+    # write) is switched off: Steward emits its own BEGIN, so a transaction holds one
+    # snapshot from its first statement and SAVEPOINTs work (SQLAlchemy's pysqlite recipe).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    # WAL + NORMAL keeps every commit across a process kill; busy_timeout lets the
-    # checkpointer's connection and ours take turns instead of failing.
+    # WAL + NORMAL keeps every commit across a process kill and lets readers read while one
+    # connection writes; busy_timeout makes Steward's writer and the checkpointer's take turns.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _sqlite_connect_reader(dbapi_connection: Any, record: Any) -> None:
+    _sqlite_connect(dbapi_connection, record)
+    dbapi_connection.execute("PRAGMA query_only=ON")  # a write on a reader is a bug: refuse it
+
+
+def _sqlite_begin_immediate(connection: Any) -> None:
+    # A write transaction takes SQLite's write lock at BEGIN, waiting for it under busy_timeout.
+    # A deferred BEGIN would read first and then upgrade; an upgrade that meets another writer's
+    # commit fails at once with SQLITE_BUSY, which busy_timeout does not retry. (Sent straight to
+    # the driver: a BEGIN through SQLAlchemy's statement machinery costs more than the write.)
+    connection.connection.driver_connection.execute("BEGIN IMMEDIATE")
+
+
+def _sqlite_begin_deferred(connection: Any) -> None:
+    connection.connection.driver_connection.execute("BEGIN")  # a read transaction: one snapshot, no lock
 
 
 class RawSql:
@@ -162,36 +203,49 @@ def raw_cursor(session: Session) -> Any:
 
 
 class Database:
-    """One database: the engine, transactions run off the event loop, and migrations."""
+    """One database: the engines, transactions run off the event loop, and migrations.
 
-    def __init__(self, url: str) -> None:
+    ``readers`` is the number of threads (and connections) serving read-only transactions on SQLite.
+    """
+
+    def __init__(self, url: str, *, readers: int = 4) -> None:
         self.url = normalise_url(url)
         parsed = make_url(self.url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self._inflight: set[asyncio.Future] = set()
+        self._closed = False
+        self._shared: Connection | None = None  # SQLite: the writer thread's one connection
         if self.is_sqlite:
             self.sqlite_path = parsed.database or ":memory:"
             if self.sqlite_path != ":memory:":
                 Path(self.sqlite_path).parent.mkdir(parents=True, exist_ok=True)
-            self.engine = create_engine(self.url, connect_args={"check_same_thread": False}, pool_size=8)
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            sqlite_args = {"connect_args": {"check_same_thread": False}}
+            self.engine = create_engine(self.url, pool_size=2, **sqlite_args)
+            event.listen(self.engine, "connect", _sqlite_connect)
+            event.listen(self.engine, "begin", _sqlite_begin_immediate)
+            self._read_bind: Any = create_engine(self.url, pool_size=readers, **sqlite_args)
+            event.listen(self._read_bind, "connect", _sqlite_connect_reader)
+            event.listen(self._read_bind, "begin", _sqlite_begin_deferred)
+            # One writer thread: SQLite sees one writer from Steward, and transactions queue here
+            # instead of meeting in the busy handler. Reads go to their own threads (WAL).
+            self._writer: Threads | None = Threads("steward-db-writer", 1)
+            self._readers: Threads | None = Threads("steward-db-reader", readers)
         else:
             self.engine = create_engine(self.url, pool_size=10, pool_pre_ping=True)
+            # One snapshot for every statement of a read; a read-only transaction never loses a race.
+            self._read_bind = self.engine.execution_options(isolation_level="REPEATABLE READ",
+                                                            postgresql_readonly=True)
+            self._writer = self._readers = None  # the loop's default thread pool
         self.raw = raw_sql(postgres=not self.is_sqlite)
-        self._inflight: set[asyncio.Future] = set()
-        # On SQLite, set to the checkpointer's lock: one writer at a time inside the process
-        # instead of two connections meeting in SQLite's busy handler (which sleeps).
-        self.write_lock: asyncio.Lock | None = None
-        self._local_lock = asyncio.Lock()
-        self._sqlite_connection: Any = None
 
-    # PostgreSQL transactions that lose a race or a connection are run again, this many times in all.
+    # Transactions that lose a race or a connection (or meet a locked SQLite file) are run again,
+    # this many times in all.
     attempts = 6
 
     def _retrying(self, attempt: Callable[[], T]) -> T:
-        """Run ``attempt`` (one whole transaction) again after a deadlock, a serialization failure or
-        a lost connection, with jittered backoff; then :class:`DatabaseUnavailable` (HTTP 503)."""
-        if self.is_sqlite:  # one writer, in-process: no races to lose, and the loop must not sleep
-            return attempt()
+        """Run ``attempt`` (one whole transaction) again after a deadlock, a serialization failure, a
+        lost connection or a locked SQLite file, with jittered backoff (in the transaction's thread,
+        never on the event loop); then :class:`DatabaseUnavailable` (HTTP 503)."""
         for number in range(1, self.attempts + 1):
             try:
                 return attempt()
@@ -210,35 +264,54 @@ class Database:
                 time.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** number)))
         raise AssertionError("unreachable")
 
-    def transaction(self, fn: Callable[[Session], T]) -> T:
+    def transaction(self, fn: Callable[[Session], T], *, read_only: bool = False) -> T:
         """Run ``fn`` in one transaction on this thread: committed if it returns, rolled back if it raises.
-        On PostgreSQL ``fn`` may run more than once (see :meth:`_retrying`): keep it free of outside effects."""
+        ``fn`` may run more than once (see :meth:`_retrying`): keep it free of outside effects.
+
+        ``read_only`` transactions read one snapshot and may not write: on SQLite they use read-only
+        connections, on PostgreSQL ``REPEATABLE READ, READ ONLY``."""
+        bind = self._read_bind if read_only else self._writer_connection() or self.engine
 
         def attempt() -> T:
-            with Session(self.engine, expire_on_commit=False) as session:
+            with Session(bind, expire_on_commit=False) as session:
                 result = fn(session)
                 _commit(session.commit)
                 return result
 
         return self._retrying(attempt)
 
-    async def run(self, fn: Callable[[Session], T]) -> T:
-        """Run ``fn`` as one transaction (see the module docstring for where it runs)."""
-        return await self._dispatch(self.transaction, fn)
+    async def run(self, fn: Callable[[Session], T], *, read_only: bool = False) -> T:
+        """Run ``fn(session)`` as one transaction in a thread (see the module docstring for which).
+
+        Pass ``read_only=True`` for a read, above all a long one (a verify, a listing): on SQLite it
+        then runs beside the writer instead of queueing behind it."""
+        executor = self._readers if read_only else self._writer
+        return await self._dispatch(executor, functools.partial(self.transaction, read_only=read_only), fn)
 
     def cursor_transaction(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(cursor)`` in one transaction on a DBAPI connection (the per-step path)."""
         return self._retrying(lambda: self._cursor_attempt(fn))
 
+    def _writer_connection(self) -> Connection | None:
+        """On SQLite's writer thread, its one connection (opened on first use); None on any other thread.
+
+        The writer runs one transaction at a time, so every one of them, through a Session or a
+        cursor, uses the same connection: no pool checkout and reset per transaction."""
+        if self._writer is None or threading.get_ident() not in self._writer.idents:
+            return None
+        if self._shared is None:
+            self._shared = self.engine.connect()
+        return self._shared
+
     def _cursor_attempt(self, fn: Callable[[Any], T]) -> T:
-        # SQLite transactions run one at a time on the loop thread, so they can keep one
-        # connection; PostgreSQL's run in threads and take theirs from the pool.
-        shared = self.is_sqlite
-        if shared and self._sqlite_connection is None:
-            self._sqlite_connection = self.engine.raw_connection()
-        connection = self._sqlite_connection if shared else self.engine.raw_connection()
+        writer = self._writer_connection()
+        shared = writer is not None
+        connection = writer.connection if writer is not None else self.engine.raw_connection()
         try:
-            result = fn(connection.cursor())
+            cursor = connection.cursor()
+            if self.is_sqlite:
+                cursor.execute("BEGIN IMMEDIATE")  # see _sqlite_begin_immediate
+            result = fn(cursor)
             _commit(connection.commit)
             return result
         except BaseException:
@@ -253,20 +326,22 @@ class Database:
 
     async def run_cursor(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(cursor)`` as one transaction with the driver's cursor; statements via :attr:`raw`."""
-        return await self._dispatch(self.cursor_transaction, fn)
+        return await self._dispatch(self._writer, self.cursor_transaction, fn)
 
-    async def _dispatch(self, transaction: Callable[[Callable[[Any], T]], T], fn: Callable[[Any], T]) -> T:
-        if not self.is_sqlite:
-            context = contextvars.copy_context()
+    async def _dispatch(self, threads: Threads | None, transaction: Callable[[Callable[[Any], T]], T],
+                        fn: Callable[[Any], T]) -> T:
+        if self._closed:
+            raise DatabaseUnavailable("the database was closed (the process is shutting down); retry later")
+        context = contextvars.copy_context()  # the caller's trace reaches the audit events
+        if threads is None:
             future = asyncio.get_running_loop().run_in_executor(None, context.run, transaction, fn)
-            self._inflight.add(future)
-            future.add_done_callback(self._inflight.discard)
-            # A cancelled caller cannot stop a transaction already in its thread; dispose() waits for it.
-            return await asyncio.shield(future)
-        # SQLite is in-process and answers in microseconds: run inline, one transaction at a
-        # time with the checkpointer (its lock), so neither meets the other's write lock.
-        async with self.write_lock or self._local_lock:
-            return transaction(fn)
+        else:
+            future = threads.submit(context.run, transaction, fn)
+        self._inflight.add(future)
+        future.add_done_callback(self._inflight.discard)
+        # A cancelled caller cannot stop a transaction already in its thread: it runs to its end,
+        # committed or rolled back whole, and dispose() waits for it.
+        return await asyncio.shield(future)
 
     @property
     def libpq_url(self) -> str:
@@ -284,10 +359,27 @@ class Database:
         command.upgrade(config, revision)
 
     async def dispose(self) -> None:
-        """Close every connection, after the transactions still in their threads have finished."""
+        """Close every connection, after the transactions still in their threads have finished.
+
+        Closing the last connection to a SQLite file checkpoints its WAL (disk I/O), so the
+        connections are closed in threads too."""
+        if self._closed:
+            return
+        self._closed = True
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
-        if self._sqlite_connection is not None:
-            self._sqlite_connection.close()
-            self._sqlite_connection = None
+        if self._writer is not None and self._readers is not None:
+            await self._writer.submit(self._close_shared)  # the shared connection, on its own thread
+            await self._writer.close()
+            await self._readers.close()
+        await asyncio.to_thread(self._dispose_engines)
+
+    def _close_shared(self) -> None:
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
+
+    def _dispose_engines(self) -> None:
+        if self.is_sqlite:
+            self._read_bind.dispose()
         self.engine.dispose()

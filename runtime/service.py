@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -88,10 +90,8 @@ async def open_steward(
     registry = registry if registry is not None else load_registry(settings.workflows)
     db = Database(settings.database_url)
     try:
-        if db.is_sqlite:
-            db.upgrade()
-        else:
-            check_migrated(db)
+        # Migrating and checking the schema are synchronous database work: in a thread, like the rest.
+        await asyncio.to_thread(db.upgrade if db.is_sqlite else functools.partial(check_migrated, db))
         await register_versions(db, registry)
     except BaseException:
         await db.dispose()

@@ -24,7 +24,8 @@ async def current_user(
     if credentials is None:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
     steward = get_steward(request)
-    return await steward.db.run(lambda s: store.authenticate(session=s, plain=credentials.credentials))
+    return await steward.db.run(lambda s: store.authenticate(session=s, plain=credentials.credentials),
+                                read_only=True)
 
 
 StewardDep = Annotated[Steward, Depends(get_steward)]

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from runtime import store
 from runtime.api.deps import StewardDep, UserDep
+from runtime.api.responses import encode_list, json_body
 from runtime.api.schemas import RunCreate, RunDetail, RunPublic, StepPublic
 from runtime.models import RunStatus
 
@@ -41,9 +42,10 @@ async def list_runs(
     status: RunStatus | None = None,
     workflow: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[RunPublic]:
-    runs = await steward.db.run(lambda s: store.list_runs(session=s, status=status, workflow=workflow, limit=limit))
-    return [RunPublic.model_validate(r) for r in runs]
+) -> Response:
+    body = await steward.db.run(lambda s: encode_list(
+        RunPublic, store.list_runs(session=s, status=status, workflow=workflow, limit=limit)), read_only=True)
+    return json_body(body)
 
 
 async def run_detail(steward: StewardDep, run_id: str) -> RunDetail:
@@ -52,7 +54,7 @@ async def run_detail(steward: StewardDep, run_id: str) -> RunDetail:
         steps = store.list_steps(session=session, run_id=run_id)
         return run, steps, steward.executor.approvals.pending_ids(session, run_id=run_id)
 
-    run, steps, ids = await steward.db.run(read)
+    run, steps, ids = await steward.db.run(read, read_only=True)
     return RunDetail.model_validate({
         **RunPublic.model_validate(run).model_dump(),
         "input": run.input,
