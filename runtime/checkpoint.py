@@ -1,11 +1,17 @@
 """The LangGraph checkpointer on Steward's own database (SQLite file or PostgreSQL), fenced.
 
-A checkpoint is saved only while the execution that writes it still owns its run: the
-executor puts the execution's epoch into the graph config (``EPOCH``), and the saver
-checks it against the run's row before every new checkpoint. A stalled worker whose
-run was taken over therefore cannot fork the run's history with a checkpoint of its
-own. (The check and the save are two statements on two connections; the window
+A checkpoint, and a task's writes, are saved only while the execution that writes them
+still owns its run: the executor puts the execution's epoch into the graph config
+(``EPOCH``) and registers the execution (:func:`owned_by`), and the saver asks it
+before every write (:meth:`runtime.journal.Journal.ensure_owned`). That costs nothing
+while the execution renewed its lease less than half a lease ago (no other worker
+can have claimed the run since) and one fencing statement otherwise. A stalled worker
+whose run was taken over therefore can neither fork the run's history with a
+checkpoint of its own nor slip its task's writes under the checkpoint the new owner
+paused at. (The check and the save are two statements on two connections; the window
 between them is what is left, and the executor's own writes are fenced in-transaction.)
+A write under an epoch no execution of this process registered is checked against the
+run's row.
 
 On SQLite the checkpointer (``AsyncSqliteSaver``) writes through its own connection,
 in aiosqlite's thread, and Steward writes through its writer thread (see
@@ -14,18 +20,20 @@ own locking: WAL lets every reader go on while one connection writes, and both
 connections wait for the write lock under the same busy timeout. Steward's write
 transactions take that lock at ``BEGIN IMMEDIATE``, so neither side ever has to
 upgrade a read to a write (the one case a busy timeout does not retry). On
-PostgreSQL the checkpointer has a psycopg pool of its own.
+PostgreSQL the checkpointer has a psycopg pool of its own, and processes starting
+together create its tables one at a time (an advisory lock around ``setup()``).
 
 >>> async with open_checkpointer(db) as saver:
 ...     graph = workflow.graph.compile(checkpointer=saver)
->>> await graph.ainvoke(None, {"configurable": {"thread_id": run.id, EPOCH: run.executions}})
+>>> with owned_by(saver, run.id, journal):
+...     await graph.ainvoke(None, {"configurable": {"thread_id": run.id, EPOCH: journal.epoch}})
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Protocol
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
@@ -34,27 +42,66 @@ from runtime.errors import ExecutionFenced
 
 EPOCH = "steward_epoch"
 _OWNED = "SELECT 1 FROM runs WHERE id = ? AND executions = ? AND status = 'running'"
+# Any 64-bit constant: processes starting together create LangGraph's tables one at a time.
+_SETUP_LOCK = 0x5374657761726401
+
+
+class Owner(Protocol):
+    """An execution as the saver sees it (:class:`runtime.journal.Journal`)."""
+
+    epoch: int
+
+    async def ensure_owned(self) -> None: ...
 
 
 class _Fenced:
-    """Mixed into the LangGraph saver classes: :meth:`aput` refuses a checkpoint of a lost execution."""
+    """Mixed into the LangGraph saver classes: a checkpoint or task write of a lost execution is refused."""
 
     steward_db: Database
+    steward_owners: dict[tuple[str, int], Owner]
 
-    async def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
+    async def _steward_check(self, config: Any, what: str) -> None:
         configurable = config.get("configurable", {})
         epoch = configurable.get(EPOCH)
-        if epoch is not None:
-            run_id, db = configurable["thread_id"], self.steward_db
+        if epoch is None:
+            return
+        run_id = configurable["thread_id"]
+        owner = self.steward_owners.get((run_id, epoch))
+        if owner is not None:
+            await owner.ensure_owned()
+            return
+        db = self.steward_db
 
-            def owned(cursor: Any) -> bool:
-                cursor.execute(db.raw.sql(_OWNED), (run_id, epoch))
-                return cursor.fetchone() is not None
+        def owned(cursor: Any) -> bool:
+            cursor.execute(db.raw.sql(_OWNED), (run_id, epoch))
+            return cursor.fetchone() is not None
 
-            if not await db.run_cursor(owned):
-                raise ExecutionFenced(f"run {run_id} is no longer owned by execution {epoch}; "
-                                      "its checkpoint is refused")
+        if not await db.run_cursor(owned):
+            raise ExecutionFenced(f"run {run_id} is no longer owned by execution {epoch}; its {what} is refused")
+
+    async def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
+        await self._steward_check(config, "checkpoint")
         return await super().aput(config, checkpoint, metadata, new_versions)  # type: ignore[misc]
+
+    async def aput_writes(self, config: Any, writes: Any, task_id: str, task_path: str = "") -> None:
+        await self._steward_check(config, "task's writes")
+        await super().aput_writes(config, writes, task_id, task_path)  # type: ignore[misc]
+
+
+@contextmanager
+def owned_by(saver: Any, run_id: str, owner: Owner) -> Iterator[None]:
+    """While inside, ``saver`` asks ``owner`` whether writes of its epoch of ``run_id`` may land."""
+    owners = getattr(saver, "steward_owners", None)
+    if owners is None:  # not a Steward saver (a test's in-memory one): nothing to fence
+        yield
+        return
+    key = (run_id, owner.epoch)
+    owners[key] = owner
+    try:
+        yield
+    finally:
+        if owners.get(key) is owner:
+            del owners[key]
 
 
 @asynccontextmanager
@@ -68,6 +115,7 @@ async def open_checkpointer(db: Database, *, pool_size: int = 10) -> AsyncIterat
 
         async with aiosqlite.connect(db.sqlite_path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000) as connection:
             saver = FencedSqliteSaver(connection)
+            saver.steward_owners = {}
             await saver.setup()
             yield saver
         return
@@ -89,7 +137,13 @@ async def open_checkpointer(db: Database, *, pool_size: int = 10) -> AsyncIterat
     await pool.open()
     try:
         saver = FencedPostgresSaver(pool)  # type: ignore[arg-type]
-        await saver.setup()
+        saver.steward_owners = {}
+        async with pool.connection() as conn:  # autocommit: the lock is held until unlocked
+            await conn.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK,))
+            try:
+                await saver.setup()
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK,))
         yield saver
     finally:
         await pool.close()

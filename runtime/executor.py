@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -35,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from runtime import audit, store
 from runtime.approval import ApprovalNeed, ApprovalPort
-from runtime.checkpoint import EPOCH
+from runtime.checkpoint import EPOCH, owned_by
 from runtime.connectors.base import Connector
 from runtime.context import StepContext
 from runtime.db import Database, is_transient, raw_cursor
@@ -101,6 +102,7 @@ class Execution:
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         self.control = RunControl()
+        journal.on_stop = lambda reason: self.control.request_drain(reason.code)
 
     @property
     def epoch(self) -> int:
@@ -109,7 +111,6 @@ class Execution:
     def stop(self, reason: ExecutionStopped) -> None:
         """Stop at the next connector call or superstep boundary, whichever comes first."""
         self.journal.stop(reason)
-        self.control.request_drain(reason.code)
 
 
 class Executor:
@@ -153,7 +154,8 @@ class Executor:
         Returns ``(run, created)``; a repeated idempotency key returns the first run."""
         wf = self.registry.get(workflow, version)
         data = wf.validate_input(input)
-        scoped_key = f"{actor}:{idempotency_key}" if idempotency_key else None
+        # Scoped to the actor, unambiguously: actor "a:b" with key "c" is not actor "a" with key "b:c".
+        scoped_key = f"{len(actor)}:{actor}:{idempotency_key}" if idempotency_key else None
         with tracer().start_as_current_span("steward.submit") as span:
             run = Run(workflow=wf.name, version=wf.version, input=data, created_by=actor,
                       idempotency_key=scoped_key, trace_id=format(span.get_span_context().trace_id, "032x"))
@@ -217,6 +219,7 @@ class Executor:
                     run.cancel_requested = True
                     session.flush()
                     audit.append(session, kind="run.cancel_requested", actor=actor, run=run)
+                    store.notify_cancel(session=session, run_id=run_id)  # its worker may be another process
                 return run
             self.approvals.withdraw(session, run_id=run_id)
             return self._finish(session, run_id, RunStatus.cancelled, actor=actor)
@@ -226,6 +229,12 @@ class Executor:
         if run.status == RunStatus.running and execution is not None:
             execution.stop(RunCancelled(f"run {run_id} was cancelled by {actor}"))
         return run
+
+    def _cancelled_elsewhere(self, run_id: str) -> None:
+        """Another process asked to cancel ``run_id`` (a PostgreSQL notification)."""
+        execution = self._executions.get(run_id)
+        if execution is not None:
+            execution.stop(RunCancelled(f"run {run_id} was cancelled"))
 
     # -- driving -----------------------------------------------------------------------
 
@@ -268,8 +277,12 @@ class Executor:
             execution.stop(RunCancelled(f"run {run.id} was cancelled"))
         self._executions[run.id] = execution
         try:
-            return await self._execute(run, execution)
+            with owned_by(self.checkpointer, run.id, journal):
+                return await self._execute(run, execution)
         finally:
+            # Whatever still holds the gate (a task LangGraph left running) may write nothing more.
+            journal.stop(ExecutionFenced(f"execution {journal.epoch} of run {run.id} has ended; "
+                                         "its writes are refused"))
             if self._executions.get(run.id) is execution:
                 del self._executions[run.id]
 
@@ -420,13 +433,14 @@ class Executor:
             return run
 
     async def _end(self, journal: Journal, status: RunStatus, *, error: dict | None = None, output: Any = None) -> Run:
+        ended = journal.event(f"run.{status.value}", _end_data(error, output))  # once, however often `end` runs
+
         def end(session: Session) -> Run:
             journal.fence(raw_cursor(session))
             run = store.finish_run(session=session, run_id=journal.run.id, status=status, error=error,
                                    output=output, epoch=journal.epoch)
             assert run is not None  # the fence above held the row
-            journal.defer(journal.event(f"run.{status.value}", _end_data(error, output)))
-            journal.flush_into(session, fence=False)
+            journal.flush_into(session, fence=False, events=[ended])
             return run
 
         try:
@@ -463,6 +477,8 @@ class Executor:
         if all(known.get(i.id) is not None for i in interrupts):
             return {i.id: known[i.id].model_dump(mode="json") for i in interrupts}, run
         journal.flush_into(session)  # fenced: this execution still owns the run, and its row is locked
+        if isinstance(journal.stopping, RunCancelled):  # asked meanwhile (the fence reads it): ask nobody
+            raise journal.stopping
         needs = [self._need(run, item) for item in interrupts if item.id not in known]
         for need, approval_id in zip(needs, self.approvals.request(session, needs=needs), strict=True):
             audit.append(session, kind="approval.requested", actor=SYSTEM, run=run, data={
@@ -548,16 +564,22 @@ class Executor:
                 await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
 
     async def _listen_loop(self) -> None:
-        """Wake the poll loop when any process queues a run (PostgreSQL ``LISTEN``); reconnects."""
+        """Wake the poll loop when any process queues a run, and stop an execution at once when any
+        process cancels its run (PostgreSQL ``LISTEN``); reconnects."""
         import psycopg
 
         while not self._stopping:
             try:
                 async with await psycopg.AsyncConnection.connect(self.db.libpq_url, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {store.RUNS_CHANNEL}")
+                    await conn.execute(f"LISTEN {store.CANCELS_CHANNEL}")
                     self._wake.set()  # runs queued while not listening
-                    async for _ in conn.notifies():
-                        self._wake.set()
+                    await self._renew()  # cancellations requested while not listening
+                    async for note in conn.notifies():
+                        if note.channel == store.CANCELS_CHANNEL:
+                            self._cancelled_elsewhere(note.payload)
+                        else:
+                            self._wake.set()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -607,9 +629,12 @@ class Executor:
                                        lease_seconds=self.lease_seconds)
             return owned, store.cancel_requested_ids(session=session, worker_id=self.worker_id)
 
+        since = time.monotonic()
         owned, cancelled = await self.db.run(renew)
         for run_id, execution in executions.items():
-            if run_id not in owned and self._executions.get(run_id) is execution:
+            if run_id in owned:
+                execution.journal.renewed(since)
+            elif self._executions.get(run_id) is execution:
                 # Ended meanwhile (its own last write left `running`), or taken over: either way no
                 # further write of this execution may land; the fence refuses them, this stops it early.
                 execution.stop(ExecutionFenced(f"run {run_id} is no longer owned by execution {execution.epoch}"))

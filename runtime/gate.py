@@ -274,6 +274,14 @@ class Gate:
                     "status": call.last_status, "attempts": call.attempts,
                 })])
                 raise
+            except Exception as exc:  # not the connector's own refusal (a response it could not decode, a bug)
+                call_span.record_exception(exc)
+                await journal.commit([journal.event("connector.failed", {
+                    **allowed, "request_digest": request_digest, "error": "unexpected_error",
+                    "message": f"{type(exc).__name__}: {exc}"[:500], "outcome": "unknown",
+                    "status": call.last_status, "attempts": call.attempts,
+                })])
+                raise
             finally:
                 end_call(token)
             call_span.set_attribute("steward.attempts", call.attempts)

@@ -14,6 +14,7 @@ directly (see :class:`runtime.db.RawSql`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, NamedTuple
@@ -22,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from runtime import audit
 from runtime.db import Database, raw_cursor
-from runtime.errors import ExecutionFenced, ExecutionStopped
+from runtime.errors import ExecutionFenced, ExecutionStopped, RunCancelled
 from runtime.models import Run, StepStatus, utcnow
 
 CursorOp = Callable[[Any], Any]
@@ -32,8 +33,10 @@ _INSERT_CALL = ("INSERT INTO connector_calls (idempotency_key, run_id, node, sup
 
 # Every transaction of an execution starts here: it takes the run's row first (the lock order is
 # run, then its children, then the audit head), renews the lease, and matches no row once another
-# execution has claimed the run (the epoch moved on) or the run has left ``running``.
-_FENCE = "UPDATE runs SET lease_expires_at = ? WHERE id = ? AND executions = ? AND status = 'running'"
+# execution has claimed the run (the epoch moved on) or the run has left ``running``. It also reads
+# whether anyone (in any process) asked to cancel the run meanwhile.
+_FENCE = ("UPDATE runs SET lease_expires_at = ? WHERE id = ? AND executions = ? AND status = 'running'"
+          " RETURNING cancel_requested")
 # A task run again (after a resume) starts its step over.
 _START_STEP = ("INSERT INTO run_steps (run_id, task_id, node, status, started_at) VALUES (?, ?, ?, 'running', ?)"
                " ON CONFLICT (run_id, task_id) DO UPDATE SET node = excluded.node, status = 'running',"
@@ -63,11 +66,13 @@ class Journal:
         self.recorded = recorded
         self.lease_seconds = lease_seconds
         self.stopping: ExecutionStopped | None = None
+        self.on_stop: Callable[[ExecutionStopped], None] | None = None
         self._raw = db.raw
         self._open = dict(open_steps)  # task id -> node: began in an earlier execution, end never written
         self._ops: list[CursorOp] = []
         self._events: list[dict[str, Any]] = []
         self._started: set[str] = set()
+        self._owned_until = 0.0  # monotonic: until then no other execution can have taken the run over
 
     def event(self, kind: str, data: dict[str, Any] | None = None, *, trace_id: str | None = None,
               trusted: bool = False) -> dict[str, Any]:
@@ -112,13 +117,32 @@ class Journal:
                                    recovered=True)
 
     def stop(self, reason: ExecutionStopped) -> None:
-        """Make every later call of this execution raise ``reason`` (the first reason wins)."""
+        """Make every later call of this execution raise ``reason`` (the first reason wins), and tell
+        ``on_stop`` (the executor stops the graph at its next superstep boundary)."""
         if self.stopping is None:
             self.stopping = reason
+            if self.on_stop is not None:
+                self.on_stop(reason)
 
     def check_stop(self) -> None:
         if self.stopping is not None:
             raise self.stopping
+
+    def renewed(self, since: float) -> None:
+        """The lease was extended by a statement sent at ``since`` (``time.monotonic()``): for half a lease
+        from then no other worker can claim the run, even with its clock ahead of ours by that much."""
+        self._owned_until = max(self._owned_until, since + self.lease_seconds / 2)
+
+    async def ensure_owned(self) -> None:
+        """For writes that go around the journal (LangGraph's checkpoints and task writes): return when
+        this execution still owns the run, else raise :class:`ExecutionFenced`. A cancelled execution
+        still owns its run (its last superstep's writes are kept); only a lost or ended one does not.
+        Free while the lease is fresh; else one fencing statement, which also renews the lease."""
+        if isinstance(self.stopping, ExecutionFenced):
+            raise self.stopping
+        if time.monotonic() < self._owned_until:
+            return
+        self.renewed(await self.db.run_cursor(self.fence))
 
     def record_call(self, row: dict[str, Any], response_json: str) -> CursorOp:
         """The statement that records a call; pass it to :meth:`commit`, which remembers the call
@@ -137,37 +161,44 @@ class Journal:
         pending_ops, pending_events = self._take()
         ops, events = [*pending_ops, *ops], [*pending_events, *events]
         try:
-            await self.db.run_cursor(lambda cursor: self._write(cursor, ops, events))
+            since = await self.db.run_cursor(lambda cursor: self._write(cursor, ops, events))
         except BaseException:
             self._ops[:0], self._events[:0] = pending_ops, pending_events
             raise
+        self.renewed(since)
         for key, recorded in remember.items():
             self.recorded[key] = recorded
 
-    def flush_into(self, session: Session, *, fence: bool = True) -> None:
-        """Write what is pending inside the execution's last transaction, which the caller runs (and may
-        run again after a lost race, so nothing is taken here); ``fence=False`` when the caller has
-        already called :meth:`fence` in it."""
+    def flush_into(self, session: Session, *, fence: bool = True, events: list[dict[str, Any]] = ()) -> None:
+        """Write what is pending, then ``events``, inside a transaction the caller runs (and may run again
+        after a lost race, so nothing is taken or added here); ``fence=False`` when the caller has already
+        called :meth:`fence` in it."""
         session.flush()
-        self._write(raw_cursor(session), list(self._ops), list(self._events), fence=fence)
+        self._write(raw_cursor(session), list(self._ops), [*self._events, *events], fence=fence)
 
-    def fence(self, cursor: Any) -> None:
-        """Lock the run's row and check this execution still owns it; :class:`ExecutionFenced` if not."""
-        raw = self._raw
+    def fence(self, cursor: Any) -> float:
+        """Lock the run's row, extend the lease and check this execution still owns the run
+        (:class:`ExecutionFenced` if not); returns when the statement was sent (``time.monotonic()``)."""
+        raw, since = self._raw, time.monotonic()
         cursor.execute(raw.sql(_FENCE), (raw.time(utcnow() + timedelta(seconds=self.lease_seconds)), self.run.id,
                                          self.epoch))
-        if cursor.rowcount != 1:
+        row = cursor.fetchone()
+        if row is None:
             fenced = ExecutionFenced(f"run {self.run.id} is no longer owned by execution {self.epoch}; "
                                      "its writes are refused")
             self.stop(fenced)
             raise fenced
+        if row[0] and self.stopping is None:  # this transaction still commits; the next call is refused
+            self.stop(RunCancelled(f"run {self.run.id} was cancelled"))
+        return since  # the caller calls renewed(since) once the transaction has committed
 
-    def _write(self, cursor: Any, ops: list[CursorOp], events: list[dict[str, Any]], *, fence: bool = True) -> None:
-        if fence:
-            self.fence(cursor)
+    def _write(self, cursor: Any, ops: list[CursorOp], events: list[dict[str, Any]], *,
+               fence: bool = True) -> float | None:
+        since = self.fence(cursor) if fence else None
         for op in ops:
             op(cursor)
         audit.write_events(cursor, self._raw, events)
+        return since
 
     def _take(self) -> tuple[list[CursorOp], list[dict[str, Any]]]:
         ops, events = self._ops, self._events

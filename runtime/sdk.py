@@ -107,6 +107,11 @@ class Workflow:
             raise WorkflowDefinitionError(
                 f"workflow {self.name!r}: build() returned {type(graph).__name__}, not a langgraph StateGraph"
             )
+        try:
+            graph.compile()  # what LangGraph checks (an entry point, edges to known nodes) fails here, not in a run
+        except Exception as exc:
+            raise WorkflowDefinitionError(f"workflow {self.name!r} {self.version}: its graph does not compile: "
+                                          f"{type(exc).__name__}: {exc}") from exc
         return graph
 
     def validate_input(self, data: Any) -> dict[str, Any]:

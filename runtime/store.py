@@ -139,8 +139,9 @@ def renew_leases(*, session: Session, worker_id: str, epochs: dict[str, int], le
         return set()
     query = (
         update(Run)
-        .where(tuple_(Run.id, Run.executions).in_(list(epochs.items())), Run.status == RunStatus.running)
-        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds), worker_id=worker_id)
+        .where(tuple_(Run.id, Run.executions).in_(list(epochs.items())), Run.status == RunStatus.running,
+               Run.worker_id == worker_id)  # a run this worker gave back stays given back
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
         .returning(Run.id)
     )
     return set(session.scalars(query).all())
@@ -167,6 +168,17 @@ def notify_queued(*, session: Session) -> None:
     ``NOTIFY``; on SQLite there is one process, woken directly)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text(f"NOTIFY {RUNS_CHANNEL}"))
+
+
+CANCELS_CHANNEL = "steward_cancels"
+
+
+def notify_cancel(*, session: Session, run_id: str) -> None:
+    """Tell the worker driving ``run_id`` (in whichever process) to stop it, when this transaction
+    commits. Without PostgreSQL, or when the notification is missed, the execution notices at its next
+    transaction (the fence reads ``cancel_requested``) or lease renewal."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_notify(:channel, :run_id)"), {"channel": CANCELS_CHANNEL, "run_id": run_id})
 
 
 def park_run(*, session: Session, run_id: str, epoch: int, reason: str) -> Run | None:

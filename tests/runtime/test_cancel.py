@@ -6,12 +6,15 @@ import asyncio
 from typing import TypedDict
 
 import httpx
+import pytest
 from langgraph.graph import END, START, StateGraph
 
+from approvals.store import list_approvals
 from runtime import StepContext, Workflow, store
+from runtime.executor import Executor
 from runtime.models import RunStatus
 from runtime.service import build_connectors
-from tests.fakes import OWNER, Empty, instant_retry
+from tests.fakes import OWNER, Empty, instant_retry, single_node_workflow
 
 
 class State(TypedDict, total=False):
@@ -100,3 +103,99 @@ async def test_shutdown_during_a_call_still_records_it(open_custom, settings, sa
     assert len(recorded) == 1, "the external write is on record for the execution that resumes the run"
     assert current.status == RunStatus.running  # left for another execution, not failed
     await held["pricing"].aclose()
+
+
+def other_process(steward) -> Executor:
+    """An executor that drives nothing of this run, as the API process of another host would be."""
+    ex = steward.executor
+    return Executor(db=steward.db, registry=steward.registry, connectors=ex.connectors,
+                    checkpointer=ex.checkpointer, approvals=ex.approvals)
+
+
+def held_step(name: str, then) -> tuple[Workflow, asyncio.Event, asyncio.Event]:
+    """A one-step workflow whose step waits for the test, then does ``then(runtime.context)``."""
+    entered, go = asyncio.Event(), asyncio.Event()
+
+    async def work(state: dict, runtime) -> dict:
+        entered.set()
+        await go.wait()
+        return await then(runtime.context)
+
+    return single_node_workflow(name, work, grants={"pricing.prices.write"}), entered, go
+
+
+async def cancelled_elsewhere_while_held(steward, wf: Workflow, entered: asyncio.Event, go: asyncio.Event):
+    """Drive a run of ``wf`` here, cancel it from "another process" while its step is held, let the step
+    go on; the run as it ended and its audit trail."""
+    run, _ = await steward.executor.submit(workflow=wf.name, input={}, actor="alice")
+    driving = asyncio.create_task(steward.executor.drive(run.id))
+    await entered.wait()
+    await other_process(steward).cancel(run_id=run.id, actor="alice")
+    go.set()
+    run = await driving
+    return run, await steward.db.run(lambda s: store.list_audit(session=s, run_id=run.id))
+
+
+async def test_a_cancel_from_another_process_is_noticed_at_the_executions_next_transaction(
+    open_custom, sandbox
+) -> None:
+    async def then(ctx) -> dict:
+        await ctx.record("look", lambda: "ok")  # one transaction: its fence reads the request
+        await ctx.pricing.set_price(sku="SKU-1001", currency="EUR", amount="1.00")
+        return {}
+
+    wf, entered, go = held_step("cancel_elsewhere", then)
+    async with open_custom([wf]) as steward:
+        run, trail = await cancelled_elsewhere_while_held(steward, wf, entered, go)
+    assert run.status == RunStatus.cancelled
+    assert sandbox.state.sandbox.writes == {}, "the write after the cancel was refused"
+    assert [e.kind for e in trail].count("run.cancelled") == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # notifications are PostgreSQL's
+async def test_a_cancel_from_another_process_reaches_a_listening_worker_at_once(open_custom, sandbox) -> None:
+    async def then(ctx) -> dict:
+        await ctx.pricing.set_price(sku="SKU-1001", currency="EUR", amount="1.00")
+        return {}
+
+    wf, entered, go = held_step("cancel_notified", then)
+    async with open_custom([wf]) as steward:
+        worker = steward.executor
+        worker.lease_seconds = 600  # no lease renewal (which also reads cancellations) during the test
+        await worker.start()
+        try:
+            run, _ = await worker.submit(workflow=wf.name, input={}, actor="alice")
+            await asyncio.wait_for(entered.wait(), 10)
+            execution = worker._executions[run.id]
+            await other_process(steward).cancel(run_id=run.id, actor="alice")
+            for _ in range(200):  # no transaction of the execution in between: only the notification
+                if execution.journal.stopping is not None:
+                    break
+                await asyncio.sleep(0.025)
+            assert execution.journal.stopping is not None, "the notification never stopped the execution"
+            go.set()
+            for _ in range(200):
+                current = await steward.db.run(lambda s: store.get_run(session=s, run_id=run.id))
+                if current.status != RunStatus.running:
+                    break
+                await asyncio.sleep(0.025)
+        finally:
+            await worker.stop()
+    assert current.status == RunStatus.cancelled
+    assert sandbox.state.sandbox.writes == {}
+
+
+async def test_a_cancel_that_arrives_as_the_run_pauses_for_approval_asks_nobody(open_custom, sandbox) -> None:
+    async def then(ctx) -> dict:
+        await ctx.request_approval(action="pricing.set_price", arguments={"amount": "1.00"}, reason="always")
+        return {}
+
+    wf, entered, go = held_step("cancel_at_pause", then)
+    async with open_custom([wf]) as steward:
+        run, trail = await cancelled_elsewhere_while_held(steward, wf, entered, go)
+        approvals = await steward.db.run(lambda s: list_approvals(session=s, run_id=run.id))
+    kinds = [e.kind for e in trail]
+    assert run.status == RunStatus.cancelled, run.status
+    assert approvals == [] and "approval.requested" not in kinds, "no one is asked about a cancelled run"
+    assert kinds.count("run.cancelled") == 1 and kinds[-1] == "run.cancelled"

@@ -248,6 +248,13 @@ async def test_repeated_idempotency_key_returns_the_first_run(steward: Steward) 
         await steward.executor.submit(workflow="price_change", input=PRICE_115, actor="a", idempotency_key="k1")
 
 
+async def test_idempotency_keys_of_different_actors_never_meet(steward: Steward) -> None:
+    one, _ = await steward.executor.submit(workflow="price_change", input=PRICE_105, actor="a:b", idempotency_key="c")
+    two, created = await steward.executor.submit(workflow="price_change", input=PRICE_115, actor="a",
+                                                 idempotency_key="b:c")
+    assert created and two.id != one.id
+
+
 async def test_background_executor_picks_up_queued_runs(steward: Steward, sandbox) -> None:
     import asyncio
 
@@ -323,3 +330,39 @@ async def test_request_approval_returns_a_typed_decision(open_custom) -> None:
     assert run.status == RunStatus.succeeded, run.error
     assert run.output == {"approver": "bob", "comment": "fine", "approved": True, "arguments": {"amount": "10.00"},
                           "approval_id": approval.id}
+
+
+class Undecodable(httpx.AsyncBaseTransport):
+    """The write reaches the sandbox, then its answer is garbled on the way back."""
+
+    def __init__(self, app) -> None:
+        self.inner = httpx.ASGITransport(app=app)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.method == "PUT":
+            await response.aread()
+            return httpx.Response(200, content=b"<html>proxy error</html>", request=request)
+        return response
+
+
+async def test_a_call_whose_answer_cannot_be_read_is_on_record_with_an_unknown_outcome(
+    open_custom, settings, sandbox
+) -> None:
+    from runtime.service import build_connectors
+
+    async def work(state: dict, runtime) -> dict:
+        await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="1.00")
+        return {}
+
+    garbled = build_connectors(settings, transport=Undecodable(sandbox), retry=instant_retry())
+    wf = single_node_workflow("garbled", work, grants={"pricing.prices.write"})
+    async with open_custom([wf], {"pricing": garbled["pricing"]}) as steward:
+        run, _ = await steward.executor.submit(workflow=wf.name, input={}, actor="alice")
+        run = await steward.executor.drive(run.id)
+        trail = await steward.db.run(lambda s: store.list_audit(session=s, run_id=run.id))
+    failed = [e.data for e in trail if e.kind == "connector.failed"]
+    assert run.status == RunStatus.failed and "JSONDecodeError" in run.error["message"]
+    assert len(failed) == 1 and failed[0]["outcome"] == "unknown" and failed[0]["action"] == "pricing.set_price"
+    assert list(sandbox.state.sandbox.writes.values()) == [1], "the write did happen: hence the record"
+    await garbled["pricing"].aclose()

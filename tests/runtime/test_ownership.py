@@ -24,9 +24,27 @@ from tests.fakes import single_node_workflow
 TERMINAL = {"run.succeeded", "run.failed", "run.rejected", "run.cancelled"}
 
 
-async def expire_lease(steward, run_id: str) -> None:
-    past = utcnow() - timedelta(seconds=1)
-    await steward.db.run(lambda s: s.execute(update(Run).where(Run.id == run_id).values(lease_expires_at=past)))
+def stalling_worker(steward, lease_seconds: float = 0.3) -> Executor:
+    """Worker A: a short lease and no renewal loop, as if the whole process froze (a long GC pause, a
+    suspended VM) while one of its steps waits; its lease lapses and another worker may claim the run."""
+    ex = steward.executor
+    return Executor(db=steward.db, registry=steward.registry, connectors=ex.connectors,
+                    checkpointer=ex.checkpointer, approvals=ex.approvals, lease_seconds=lease_seconds)
+
+
+async def stall_and_take_over(steward, wf, entered: asyncio.Event) -> tuple[asyncio.Task, Run]:
+    """Worker A drives a run of ``wf`` until its step stalls (``entered``); once A's lease lapses, worker B
+    (``steward.executor``) claims the run and drives it as far as it goes. A's drive, and the run B left."""
+    a, b = stalling_worker(steward), steward.executor
+    run, _ = await a.submit(workflow=wf.name, input={}, actor="alice")
+    driving_a = asyncio.create_task(a.drive(run.id))
+    await entered.wait()
+    for _ in range(100):
+        run = await b.drive(run.id)
+        if run.status != RunStatus.running:  # B claimed it and drove it as far as it goes
+            return driving_a, run
+        await asyncio.sleep(0.1)
+    raise AssertionError("the stalled worker's lease never lapsed")
 
 
 @pytest.mark.parametrize("then", ["writes", "raises", "returns"])
@@ -36,33 +54,29 @@ async def test_a_stalled_worker_cannot_change_a_run_another_worker_took_over(ope
 
     async def work(state: dict, runtime) -> dict:
         executions.append(1)
-        if len(executions) == 1:  # worker A stalls here (a long GC pause, a frozen VM)
+        if len(executions) == 1:  # worker A stalls here
             entered.set()
             await wake.wait()
             if then == "raises":
                 raise RuntimeError("A's step fails after waking")
             if then == "returns":
-                return {"amount": "stale"}  # no Steward write: only LangGraph's checkpoint would follow
+                return {"amount": "stale"}  # no Steward write: only LangGraph's task writes and checkpoint follow
         done = await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="130.00")
         return {"amount": done["amount"]}
 
     wf = single_node_workflow("stalls", work, grants={"pricing.prices.write"})
     async with open_custom([wf]) as steward:
-        a = steward.executor
-        run, _ = await a.submit(workflow="stalls", input={}, actor="alice")
-        driving_a = asyncio.create_task(a.drive(run.id))
-        await entered.wait()
-        await expire_lease(steward, run.id)
-        b = Executor(db=steward.db, registry=steward.registry, connectors=a.connectors, checkpointer=a.checkpointer,
-                     approvals=a.approvals, lease_seconds=5)
-        finished = await b.drive(run.id)
+        driving_a, finished = await stall_and_take_over(steward, wf, entered)
+        run, a = finished, steward.executor
         assert finished.status == RunStatus.succeeded and finished.output == {"amount": "130.00"}
         config = {"configurable": {"thread_id": run.id}}
-        history = [c.config["configurable"]["checkpoint_id"] async for c in a.checkpointer.alist(config)]
+        history = [c async for c in a.checkpointer.alist(config)]
         wake.set()
         seen_by_a = await driving_a
-        after = [c.config["configurable"]["checkpoint_id"] async for c in a.checkpointer.alist(config)]
-        assert after == history, "A's checkpoint was refused: the run's history does not fork"
+        after = [c async for c in a.checkpointer.alist(config)]
+        assert [c.config["configurable"]["checkpoint_id"] for c in after] == \
+            [c.config["configurable"]["checkpoint_id"] for c in history], "A's checkpoint was refused"
+        assert [c.pending_writes for c in after] == [c.pending_writes for c in history], "so were its task's writes"
         assert seen_by_a.status == RunStatus.succeeded, "A stops without changing what B left"
         current = await steward.db.run(lambda s: store.get_run(session=s, run_id=run.id))
         trail = await steward.db.run(lambda s: store.list_audit(session=s, run_id=run.id))
@@ -70,6 +84,42 @@ async def test_a_stalled_worker_cannot_change_a_run_another_worker_took_over(ope
     assert current.status == RunStatus.succeeded and current.output == {"amount": "130.00"} and current.error is None
     kinds = [e.kind for e in trail]
     assert [k for k in kinds if k in TERMINAL] == ["run.succeeded"] and kinds[-1] == "run.succeeded"
+    assert verified.ok
+    assert list(sandbox.state.sandbox.writes.values()) == [1]
+
+
+async def test_a_stalled_workers_task_writes_cannot_land_under_the_checkpoint_the_new_owner_paused_at(
+    open_custom, sandbox
+) -> None:
+    """B pauses for approval at the checkpoint A was working from. Were A's late result saved as that
+    task's writes, the resume would take the task as done and finish with A's stale result."""
+    entered, wake = asyncio.Event(), asyncio.Event()
+    executions: list[int] = []
+
+    async def work(state: dict, runtime) -> dict:
+        executions.append(1)
+        if len(executions) == 1:
+            entered.set()
+            await wake.wait()
+            return {"amount": "stale"}
+        await runtime.context.request_approval(action="pricing.set_price", arguments={"amount": "130.00"},
+                                               reason="a person checks every price")
+        done = await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="130.00")
+        return {"amount": done["amount"]}
+
+    wf = single_node_workflow("stalls_at_pause", work, grants={"pricing.prices.write"})
+    async with open_custom([wf]) as steward:
+        driving_a, paused = await stall_and_take_over(steward, wf, entered)
+        run, b = paused, steward.executor
+        assert paused.status == RunStatus.waiting_approval
+        wake.set()
+        seen_by_a = await driving_a
+        assert seen_by_a.status == RunStatus.waiting_approval, "A stops without changing what B left"
+        [approval] = await steward.db.run(lambda s: list_approvals(session=s, run_id=run.id))
+        await decide(steward, approval_id=approval.id, decision="approve", actor="bob")
+        finished = await b.drive(run.id)
+        verified = await steward.db.run(audit.verify)
+    assert finished.status == RunStatus.succeeded and finished.output == {"amount": "130.00"}, finished.output
     assert verified.ok
     assert list(sandbox.state.sandbox.writes.values()) == [1]
 

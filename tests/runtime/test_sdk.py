@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from langgraph.graph import StateGraph
+from langgraph.graph import START, StateGraph
 from pydantic import BaseModel
 
 import runtime
@@ -18,7 +18,10 @@ class In(BaseModel):
 
 
 def build() -> StateGraph:
-    return StateGraph(dict)
+    graph = StateGraph(dict)
+    graph.add_node("work", lambda state: {})
+    graph.add_edge(START, "work")
+    return graph
 
 
 GOOD = dict(name="demo_flow", version="1.2.3", owner=Owner(name="Ada Ops", email="ada@example.com"),
@@ -52,6 +55,18 @@ def test_bad_definitions_fail_at_construction(change, message) -> None:
 def test_build_must_return_a_state_graph() -> None:
     wf = Workflow(**{**GOOD, "build": lambda: "graph"})
     with pytest.raises(WorkflowDefinitionError, match="not a langgraph StateGraph"):
+        Registry([wf])
+
+
+def test_a_graph_that_does_not_compile_fails_the_registry_not_a_run() -> None:
+    def build() -> StateGraph:
+        graph = StateGraph(dict)
+        graph.add_node("work", lambda state: {})
+        graph.add_edge("work", "nowhere")  # no entry point, and an edge to an unknown node
+        return graph
+
+    wf = Workflow(**{**GOOD, "build": build})
+    with pytest.raises(WorkflowDefinitionError, match="does not compile"):
         Registry([wf])
 
 

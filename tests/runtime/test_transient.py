@@ -9,8 +9,11 @@ import pytest
 from psycopg_pool import PoolTimeout
 from sqlalchemy import exc as sa_exc
 
+from runtime import audit, store
 from runtime.db import is_transient
 from runtime.errors import ConnectorRejected, DatabaseUnavailable
+from runtime.models import RunStatus
+from tests.fakes import single_node_workflow
 
 
 def raised(make) -> BaseException:
@@ -68,3 +71,30 @@ def test_an_error_raised_while_handling_a_database_error_is_the_workflows() -> N
             raise ValueError("the step mishandled it")  # noqa: B904 - the point of the test
 
     assert not is_transient(raised(make))
+
+
+async def test_a_runs_end_run_again_after_a_lost_race_is_audited_once(open_custom, monkeypatch) -> None:
+    """The transaction that ends a run may run again (a deadlock, a locked file); its event must not."""
+    real, calls = store.finish_run, []
+
+    def loses_first_race(**kwargs):
+        result = real(**kwargs)
+        calls.append(kwargs["run_id"])
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database is locked")  # after the row changed: all rolled back
+        return result
+
+    async def work(state: dict, runtime) -> dict:
+        return {"done": True}
+
+    wf = single_node_workflow("ends_once", work, grants=set())
+    async with open_custom([wf]) as steward:
+        run, _ = await steward.executor.submit(workflow=wf.name, input={}, actor="alice")
+        monkeypatch.setattr(store, "finish_run", loses_first_race)
+        run = await steward.executor.drive(run.id)
+        trail = await steward.db.run(lambda s: store.list_audit(session=s, run_id=run.id))
+        verified = await steward.db.run(audit.verify)
+    kinds = [e.kind for e in trail]
+    assert len(calls) == 2 and run.status == RunStatus.succeeded
+    assert kinds.count("run.succeeded") == 1 and kinds.count("step.finished") == 1
+    assert verified.ok
