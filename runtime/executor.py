@@ -253,9 +253,11 @@ class Executor:
                     return current, None
             return run, self._journal(session, run)
 
+        claimed_at = time.monotonic()
         run, journal = await self.db.run(claim)
         if journal is None:
             return run
+        journal.renewed(claimed_at)  # the claim set the lease
         return await self._drive_claimed(run, journal)
 
     def _journal(self, session: Session, run: Run) -> Journal:
@@ -269,9 +271,11 @@ class Executor:
                                          if step.status is StepStatus.running},
         )
 
-    async def _drive_claimed(self, run: Run, journal: Journal | None = None) -> Run:
+    async def _drive_claimed(self, run: Run, journal: Journal | None = None, *, claimed_at: float | None = None) -> Run:
         if journal is None:
             journal = await self.db.run(lambda session: self._journal(session, run))
+            if claimed_at is not None:
+                journal.renewed(claimed_at)  # the claim set the lease
         execution = Execution(journal)
         if run.cancel_requested:
             execution.stop(RunCancelled(f"run {run.id} was cancelled"))
@@ -551,11 +555,12 @@ class Executor:
                 await self._adopt_dead_local_runs()
                 free = self.concurrency - len(self._tasks)
                 if free > 0:
+                    claimed_at = time.monotonic()
                     claimed = await self.db.run(lambda s: store.claim_next_runs(
                         session=s, worker_id=self.worker_id, lease_seconds=self.lease_seconds, limit=free,
                         serves=self.registry.keys()))
                     for run in claimed:
-                        self._spawn(run.id, self._drive_claimed(run))
+                        self._spawn(run.id, self._drive_claimed(run, claimed_at=claimed_at))
             except asyncio.CancelledError:
                 raise
             except Exception:
