@@ -3,15 +3,13 @@
 A checkpoint, and a task's writes, are saved only while the execution that writes them
 still owns its run: the executor puts the execution's epoch into the graph config
 (``EPOCH``) and registers the execution (:func:`owned_by`), and the saver asks it
-before every write (:meth:`runtime.journal.Journal.ensure_owned`). That costs nothing
-while the execution renewed its lease less than half a lease ago (no other worker
-can have claimed the run since) and one fencing statement otherwise. A stalled worker
-whose run was taken over therefore can neither fork the run's history with a
-checkpoint of its own nor slip its task's writes under the checkpoint the new owner
-paused at. (The check and the save are two statements on two connections; the window
-between them is what is left, and the executor's own writes are fenced in-transaction.)
-A write under an epoch no execution of this process registered is checked against the
-run's row.
+before every write (:meth:`runtime.journal.Journal.ensure_owned`: one read of the
+run's row, on a reader thread on SQLite). A stalled worker whose run was taken over
+therefore can neither fork the run's history with a checkpoint of its own nor slip
+its task's writes under the checkpoint the new owner paused at. (The check and the
+save are two statements on two connections; the window between them is what is left,
+and the executor's own writes are fenced in-transaction.) A write under an epoch no
+execution of this process registered is checked against the run's row alone.
 
 On SQLite the checkpointer (``AsyncSqliteSaver``) writes through its own connection,
 in aiosqlite's thread, and Steward writes through its writer thread (see
@@ -31,6 +29,7 @@ together create its tables one at a time (an advisory lock around ``setup()``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Protocol
@@ -139,7 +138,11 @@ async def open_checkpointer(db: Database, *, pool_size: int = 10) -> AsyncIterat
         saver = FencedPostgresSaver(pool)  # type: ignore[arg-type]
         saver.steward_owners = {}
         async with pool.connection() as conn:  # autocommit: the lock is held until unlocked
-            await conn.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK,))
+            # Try, never wait inside the server: a waiting statement holds a snapshot, and the holder's
+            # CREATE INDEX CONCURRENTLY waits for every older snapshot (a deadlock PostgreSQL cannot see).
+            while not (await (await conn.execute("SELECT pg_try_advisory_lock(%s) AS locked",
+                                                 (_SETUP_LOCK,))).fetchone())["locked"]:
+                await asyncio.sleep(0.1)
             try:
                 await saver.setup()
             finally:

@@ -20,7 +20,6 @@ import logging
 import os
 import random
 import socket
-import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -45,6 +44,7 @@ from runtime.errors import (
     Conflict,
     ExecutionFenced,
     ExecutionStopped,
+    InputInvalid,
     RunCancelled,
     StewardError,
     WorkflowNotFound,
@@ -65,8 +65,15 @@ log = logging.getLogger("steward.executor")
 SYSTEM = "steward"
 
 
+@functools.cache
 def _host_prefix() -> str:
-    return f"{socket.gethostname()}:"
+    """This host as worker ids name it: the host name and, where there is one, the PID namespace (two
+    containers sharing a host name see different processes; neither may judge the other's pids)."""
+    try:
+        namespace = f"~{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}{namespace}:"
 
 
 def _owner_died_here(worker_id: str | None) -> bool:
@@ -89,6 +96,13 @@ def _error(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, StewardError):
         return exc.to_dict()
     return {"code": "step_failed", "message": f"{type(exc).__name__}: {exc}"}
+
+
+def _cancelled_meanwhile(journal: Journal) -> None:
+    """Inside a transaction that gives the run up (pause, park, release) after its fence: a cancel the
+    fence read (asked in any process) ends the run instead; raised, this transaction rolls back."""
+    if isinstance(journal.stopping, RunCancelled):
+        raise journal.stopping
 
 
 def _end_data(error: dict[str, Any] | None, output: Any) -> dict[str, Any]:
@@ -154,6 +168,9 @@ class Executor:
         Returns ``(run, created)``; a repeated idempotency key returns the first run."""
         wf = self.registry.get(workflow, version)
         data = wf.validate_input(input)
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
+            raise InputInvalid("an idempotency key has 1 to 200 characters", details=[
+                {"loc": ["idempotency_key"], "msg": "1 to 200 characters", "type": "string_length"}])
         # Scoped to the actor, unambiguously: actor "a:b" with key "c" is not actor "a" with key "b:c".
         scoped_key = f"{len(actor)}:{actor}:{idempotency_key}" if idempotency_key else None
         with tracer().start_as_current_span("steward.submit") as span:
@@ -253,11 +270,9 @@ class Executor:
                     return current, None
             return run, self._journal(session, run)
 
-        claimed_at = time.monotonic()
         run, journal = await self.db.run(claim)
         if journal is None:
             return run
-        journal.renewed(claimed_at)  # the claim set the lease
         return await self._drive_claimed(run, journal)
 
     def _journal(self, session: Session, run: Run) -> Journal:
@@ -271,11 +286,9 @@ class Executor:
                                          if step.status is StepStatus.running},
         )
 
-    async def _drive_claimed(self, run: Run, journal: Journal | None = None, *, claimed_at: float | None = None) -> Run:
+    async def _drive_claimed(self, run: Run, journal: Journal | None = None) -> Run:
         if journal is None:
             journal = await self.db.run(lambda session: self._journal(session, run))
-            if claimed_at is not None:
-                journal.renewed(claimed_at)  # the claim set the lease
         execution = Execution(journal)
         if run.cancel_requested:
             execution.stop(RunCancelled(f"run {run.id} was cancelled"))
@@ -284,7 +297,8 @@ class Executor:
             with owned_by(self.checkpointer, run.id, journal):
                 return await self._execute(run, execution)
         finally:
-            # Whatever still holds the gate (a task LangGraph left running) may write nothing more.
+            # Whatever still holds the gate or the saver (a task LangGraph left running) writes nothing more.
+            journal.ended = True
             journal.stop(ExecutionFenced(f"execution {journal.epoch} of run {run.id} has ended; "
                                          "its writes are refused"))
             if self._executions.get(run.id) is execution:
@@ -392,6 +406,7 @@ class Executor:
 
         def release(session: Session) -> Run:
             journal.flush_into(session)
+            _cancelled_meanwhile(journal)
             released = store.release_run(session=session, run_id=run.id, epoch=journal.epoch, retry_in=retry_in)
             assert released is not None  # the fence above held the row
             audit.append(session, kind=kind, actor=SYSTEM, run=released, data={
@@ -401,7 +416,10 @@ class Executor:
             return released
 
         try:
-            return await self.db.run(release)
+            try:
+                return await self.db.run(release)
+            except RunCancelled:
+                return await self._end(journal, RunStatus.cancelled)
         except Exception:
             log.warning("run %s could not be released; its lease will lapse", run.id, exc_info=True)
             return run
@@ -422,6 +440,7 @@ class Executor:
 
         def park(session: Session) -> Run:
             journal.flush_into(session)
+            _cancelled_meanwhile(journal)
             parked = store.park_run(session=session, run_id=run.id, epoch=journal.epoch, reason=reason)
             assert parked is not None  # the fence above held the row
             audit.append(session, kind="run.parked", actor=SYSTEM, run=parked, data={
@@ -430,6 +449,8 @@ class Executor:
 
         try:
             return await self.db.run(park)
+        except RunCancelled:
+            return await self._end(journal, RunStatus.cancelled)
         except ExecutionFenced:
             return await self.db.run(lambda s: store.get_run(session=s, run_id=run.id))
         except Exception:
@@ -481,8 +502,7 @@ class Executor:
         if all(known.get(i.id) is not None for i in interrupts):
             return {i.id: known[i.id].model_dump(mode="json") for i in interrupts}, run
         journal.flush_into(session)  # fenced: this execution still owns the run, and its row is locked
-        if isinstance(journal.stopping, RunCancelled):  # asked meanwhile (the fence reads it): ask nobody
-            raise journal.stopping
+        _cancelled_meanwhile(journal)  # then ask nobody
         needs = [self._need(run, item) for item in interrupts if item.id not in known]
         for need, approval_id in zip(needs, self.approvals.request(session, needs=needs), strict=True):
             audit.append(session, kind="approval.requested", actor=SYSTEM, run=run, data={
@@ -555,12 +575,11 @@ class Executor:
                 await self._adopt_dead_local_runs()
                 free = self.concurrency - len(self._tasks)
                 if free > 0:
-                    claimed_at = time.monotonic()
                     claimed = await self.db.run(lambda s: store.claim_next_runs(
                         session=s, worker_id=self.worker_id, lease_seconds=self.lease_seconds, limit=free,
                         serves=self.registry.keys()))
                     for run in claimed:
-                        self._spawn(run.id, self._drive_claimed(run, claimed_at=claimed_at))
+                        self._spawn(run.id, self._drive_claimed(run))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -634,12 +653,9 @@ class Executor:
                                        lease_seconds=self.lease_seconds)
             return owned, store.cancel_requested_ids(session=session, worker_id=self.worker_id)
 
-        since = time.monotonic()
         owned, cancelled = await self.db.run(renew)
         for run_id, execution in executions.items():
-            if run_id in owned:
-                execution.journal.renewed(since)
-            elif self._executions.get(run_id) is execution:
+            if run_id not in owned and self._executions.get(run_id) is execution:
                 # Ended meanwhile (its own last write left `running`), or taken over: either way no
                 # further write of this execution may land; the fence refuses them, this stops it early.
                 execution.stop(ExecutionFenced(f"run {run_id} is no longer owned by execution {execution.epoch}"))

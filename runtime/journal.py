@@ -14,7 +14,6 @@ directly (see :class:`runtime.db.RawSql`).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, NamedTuple
@@ -33,10 +32,12 @@ _INSERT_CALL = ("INSERT INTO connector_calls (idempotency_key, run_id, node, sup
 
 # Every transaction of an execution starts here: it takes the run's row first (the lock order is
 # run, then its children, then the audit head), renews the lease, and matches no row once another
-# execution has claimed the run (the epoch moved on) or the run has left ``running``. It also reads
-# whether anyone (in any process) asked to cancel the run meanwhile.
-_FENCE = ("UPDATE runs SET lease_expires_at = ? WHERE id = ? AND executions = ? AND status = 'running'"
-          " RETURNING cancel_requested")
+# execution has claimed the run (the epoch moved on), the execution gave it back (no worker), or the
+# run has left ``running``. It also reads whether anyone (in any process) asked to cancel the run.
+_FENCE = ("UPDATE runs SET lease_expires_at = ? WHERE id = ? AND executions = ? AND worker_id = ?"
+          " AND status = 'running' RETURNING cancel_requested")
+# The same test without a write, for LangGraph's writes (which go through its own connection).
+_OWNED = "SELECT cancel_requested FROM runs WHERE id = ? AND executions = ? AND worker_id = ? AND status = 'running'"
 # A task run again (after a resume) starts its step over.
 _START_STEP = ("INSERT INTO run_steps (run_id, task_id, node, status, started_at) VALUES (?, ?, ?, 'running', ?)"
                " ON CONFLICT (run_id, task_id) DO UPDATE SET node = excluded.node, status = 'running',"
@@ -72,7 +73,7 @@ class Journal:
         self._ops: list[CursorOp] = []
         self._events: list[dict[str, Any]] = []
         self._started: set[str] = set()
-        self._owned_until = 0.0  # monotonic: until then no other execution can have taken the run over
+        self.ended = False  # set when the execution is over: nothing of it may be written any more
 
     def event(self, kind: str, data: dict[str, Any] | None = None, *, trace_id: str | None = None,
               trusted: bool = False) -> dict[str, Any]:
@@ -128,21 +129,20 @@ class Journal:
         if self.stopping is not None:
             raise self.stopping
 
-    def renewed(self, since: float) -> None:
-        """The lease was extended by a statement sent at ``since`` (``time.monotonic()``): for half a lease
-        from then no other worker can claim the run, even with its clock ahead of ours by that much."""
-        self._owned_until = max(self._owned_until, since + self.lease_seconds / 2)
-
     async def ensure_owned(self) -> None:
         """For writes that go around the journal (LangGraph's checkpoints and task writes): return when
         this execution still owns the run, else raise :class:`ExecutionFenced`. A cancelled execution
-        still owns its run (its last superstep's writes are kept); only a lost or ended one does not.
-        Free while the lease is fresh; else one fencing statement, which also renews the lease."""
+        still owns its run (its last superstep's writes are kept); a lost, given back or ended one does
+        not. One read of the run's row every time: no clock can tell that nobody took the run over
+        meanwhile (a paused VM's clocks stand still while its lease runs out)."""
+        if self.ended:
+            raise ExecutionFenced(f"execution {self.epoch} of run {self.run.id} has ended; its writes are refused")
         if isinstance(self.stopping, ExecutionFenced):
             raise self.stopping
-        if time.monotonic() < self._owned_until:
-            return
-        self.renewed(await self.db.run_cursor(self.fence))
+        raw = self._raw
+        params = (self.run.id, self.epoch, self.run.worker_id)
+        row = await self.db.run(lambda session: raw_cursor_row(session, raw.sql(_OWNED), params), read_only=True)
+        self._fenced(row)
 
     def record_call(self, row: dict[str, Any], response_json: str) -> CursorOp:
         """The statement that records a call; pass it to :meth:`commit`, which remembers the call
@@ -161,11 +161,10 @@ class Journal:
         pending_ops, pending_events = self._take()
         ops, events = [*pending_ops, *ops], [*pending_events, *events]
         try:
-            since = await self.db.run_cursor(lambda cursor: self._write(cursor, ops, events))
+            await self.db.run_cursor(lambda cursor: self._write(cursor, ops, events))
         except BaseException:
             self._ops[:0], self._events[:0] = pending_ops, pending_events
             raise
-        self.renewed(since)
         for key, recorded in remember.items():
             self.recorded[key] = recorded
 
@@ -176,31 +175,38 @@ class Journal:
         session.flush()
         self._write(raw_cursor(session), list(self._ops), [*self._events, *events], fence=fence)
 
-    def fence(self, cursor: Any) -> float:
+    def fence(self, cursor: Any) -> None:
         """Lock the run's row, extend the lease and check this execution still owns the run
-        (:class:`ExecutionFenced` if not); returns when the statement was sent (``time.monotonic()``)."""
-        raw, since = self._raw, time.monotonic()
+        (:class:`ExecutionFenced` if not)."""
+        raw = self._raw
         cursor.execute(raw.sql(_FENCE), (raw.time(utcnow() + timedelta(seconds=self.lease_seconds)), self.run.id,
-                                         self.epoch))
-        row = cursor.fetchone()
+                                         self.epoch, self.run.worker_id))
+        self._fenced(cursor.fetchone())
+
+    def _fenced(self, row: Any) -> None:
+        """Act on the run's row as a fence read it: None when this execution no longer owns the run."""
         if row is None:
             fenced = ExecutionFenced(f"run {self.run.id} is no longer owned by execution {self.epoch}; "
                                      "its writes are refused")
             self.stop(fenced)
             raise fenced
-        if row[0] and self.stopping is None:  # this transaction still commits; the next call is refused
+        if row[0] and self.stopping is None:  # the transaction still commits; the next call is refused
             self.stop(RunCancelled(f"run {self.run.id} was cancelled"))
-        return since  # the caller calls renewed(since) once the transaction has committed
 
-    def _write(self, cursor: Any, ops: list[CursorOp], events: list[dict[str, Any]], *,
-               fence: bool = True) -> float | None:
-        since = self.fence(cursor) if fence else None
+    def _write(self, cursor: Any, ops: list[CursorOp], events: list[dict[str, Any]], *, fence: bool = True) -> None:
+        if fence:
+            self.fence(cursor)
         for op in ops:
             op(cursor)
         audit.write_events(cursor, self._raw, events)
-        return since
 
     def _take(self) -> tuple[list[CursorOp], list[dict[str, Any]]]:
         ops, events = self._ops, self._events
         self._ops, self._events = [], []
         return ops, events
+
+
+def raw_cursor_row(session: Session, sql: str, params: tuple) -> Any:
+    cursor = raw_cursor(session)
+    cursor.execute(sql, params)
+    return cursor.fetchone()

@@ -82,7 +82,7 @@ class Run(SQLModel, table=True):
     output: dict[str, Any] | None = _json()
     error: dict[str, Any] | None = _json()
     created_by: str = Field(max_length=200)
-    idempotency_key: str | None = Field(default=None, unique=True, max_length=300)
+    idempotency_key: str | None = Field(default=None, unique=True, max_length=420)
     trace_id: str | None = Field(default=None, max_length=32)
     cancel_requested: bool = False
     status_reason: str | None = Field(default=None, max_length=500,

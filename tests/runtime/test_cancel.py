@@ -199,3 +199,37 @@ async def test_a_cancel_that_arrives_as_the_run_pauses_for_approval_asks_nobody(
     assert run.status == RunStatus.cancelled, run.status
     assert approvals == [] and "approval.requested" not in kinds, "no one is asked about a cancelled run"
     assert kinds.count("run.cancelled") == 1 and kinds[-1] == "run.cancelled"
+
+
+@pytest.mark.parametrize("gives_up", ["park", "release"])
+async def test_a_cancel_read_as_the_run_is_given_up_cancels_it(open_custom, gives_up) -> None:
+    """Cancelled in another process just before this worker parks the run (it does not serve the run's
+    version) or gives it back (a database failure): the run ends cancelled, not queued for later."""
+    from runtime.errors import DatabaseUnavailable
+    from runtime.sdk import Registry
+
+    async def work(state: dict, runtime) -> dict:
+        if gives_up == "release":
+            raise DatabaseUnavailable("the database went away")
+        return {}
+
+    wf = single_node_workflow(f"gives_up_{gives_up}", work, grants=set())
+    async with open_custom([wf]) as steward:
+        ex = steward.executor
+        worker = ex if gives_up == "release" else Executor(
+            db=steward.db, registry=Registry([]), connectors=ex.connectors, checkpointer=ex.checkpointer,
+            approvals=ex.approvals)
+        run, _ = await ex.submit(workflow=wf.name, input={}, actor="alice")
+        method = "_park" if gives_up == "park" else "_suspend"
+        give_up = getattr(worker, method)
+
+        async def cancelled_first(run_, journal, exc, **kwargs):
+            await other_process(steward).cancel(run_id=run_.id, actor="alice")  # no notification reaches here
+            return await give_up(run_, journal, exc, **kwargs)
+
+        setattr(worker, method, cancelled_first)
+        seen = await worker.drive(run.id)
+        trail = await steward.db.run(lambda s: store.list_audit(session=s, run_id=run.id))
+    kinds = [e.kind for e in trail]
+    assert seen.status == RunStatus.cancelled, (seen.status, seen.status_reason)
+    assert "run.parked" not in kinds and "run.suspended" not in kinds and kinds[-1] == "run.cancelled"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -256,7 +257,6 @@ async def test_idempotency_keys_of_different_actors_never_meet(steward: Steward)
 
 
 async def test_background_executor_picks_up_queued_runs(steward: Steward, sandbox) -> None:
-    import asyncio
 
     await steward.executor.start()
     run, _ = await steward.executor.submit(workflow="price_change", input=PRICE_105, actor="alice")
@@ -269,7 +269,6 @@ async def test_background_executor_picks_up_queued_runs(steward: Steward, sandbo
 
 
 async def test_cancel_a_running_run_stops_it_before_its_next_call(open_custom, sandbox) -> None:
-    import asyncio
 
     entered, release = asyncio.Event(), asyncio.Event()
 
@@ -366,3 +365,46 @@ async def test_a_call_whose_answer_cannot_be_read_is_on_record_with_an_unknown_o
     assert len(failed) == 1 and failed[0]["outcome"] == "unknown" and failed[0]["action"] == "pricing.set_price"
     assert list(sandbox.state.sandbox.writes.values()) == [1], "the write did happen: hence the record"
     await garbled["pricing"].aclose()
+
+
+async def test_a_submit_retried_across_the_idempotency_scope_migration_finds_its_run(open_custom, database_url) -> None:
+    """Keys stored as "<actor>:<key>" (before migration 0004) are rewritten, so a client retrying its
+    submit after the upgrade gets the run it created, not a second one (and the downgrade restores them)."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import select
+
+    from runtime.db import MIGRATIONS, Database
+    from runtime.models import Run
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["url"] = database_url
+    lead = {"email": "ann@example.com", "first_name": "Ann", "last_name": "Lee", "country": "DE", "source": "web"}
+
+    async def stored_key(steward) -> str:
+        return await steward.db.run(lambda s: s.scalar(select(Run.idempotency_key)))
+
+    async with open_custom() as steward:
+        run, _ = await steward.executor.submit(workflow="lead_routing", input=lead, actor="a:b", idempotency_key="k:1")
+        assert await stored_key(steward) == "3:a:b:k:1"
+    await asyncio.to_thread(command.downgrade, config, "0003")
+    db = Database(database_url)
+    assert await db.run(lambda s: s.scalar(select(Run.idempotency_key))) == "a:b:k:1"  # as it was stored then
+    await db.dispose()
+    await asyncio.to_thread(command.upgrade, config, "head")
+    async with open_custom() as steward:
+        assert await stored_key(steward) == "3:a:b:k:1"
+        again, created = await steward.executor.submit(workflow="lead_routing", input=lead, actor="a:b",
+                                                       idempotency_key="k:1")
+        other, other_created = await steward.executor.submit(workflow="lead_routing", input=lead, actor="a",
+                                                             idempotency_key="b:k:1")
+    assert not created and again.id == run.id
+    assert other_created and other.id != run.id
+
+
+async def test_an_idempotency_key_longer_than_200_characters_is_refused(steward: Steward) -> None:
+    from runtime.errors import InputInvalid
+
+    with pytest.raises(InputInvalid, match="1 to 200"):
+        await steward.executor.submit(workflow="price_change", input=PRICE_105, actor="a", idempotency_key="k" * 201)

@@ -193,3 +193,45 @@ async def test_killed_between_pending_writes_and_checkpoint_the_run_continues(
     assert writes["total"] == 1, writes
     assert httpx.get(f"{sandbox_process}/pricing/prices/SKU-1001",
                      headers={"Authorization": "Bearer sandbox-token"}).json()["amount"] == "115.00"
+
+
+async def test_a_live_worker_taken_over_at_once_cannot_slip_its_task_writes_in(open_custom, sandbox) -> None:
+    """B takes the run over at once, believing A's process dead (A's pid is gone as B sees it), while A
+    lives on with most of its lease left: A's late result must still not land under B's pause."""
+    import subprocess
+    import sys
+
+    from runtime.executor import _host_prefix
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    entered, wake = asyncio.Event(), asyncio.Event()
+    executions: list[int] = []
+
+    async def work(state: dict, runtime) -> dict:
+        executions.append(1)
+        if len(executions) == 1:
+            entered.set()
+            await wake.wait()
+            return {"amount": "stale"}
+        await runtime.context.request_approval(action="pricing.set_price", arguments={"amount": "130.00"},
+                                               reason="a person checks every price")
+        done = await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="130.00")
+        return {"amount": done["amount"]}
+
+    wf = single_node_workflow("taken_at_once", work, grants={"pricing.prices.write"})
+    async with open_custom([wf]) as steward:
+        a, b = stalling_worker(steward, lease_seconds=30.0), steward.executor
+        a.worker_id = f"{_host_prefix()}{gone.pid}:feedbeef"
+        run, _ = await a.submit(workflow=wf.name, input={}, actor="alice")
+        driving_a = asyncio.create_task(a.drive(run.id))
+        await entered.wait()
+        paused = await b.drive(run.id)
+        assert paused.status == RunStatus.waiting_approval
+        wake.set()
+        await driving_a
+        [approval] = await steward.db.run(lambda s: list_approvals(session=s, run_id=run.id))
+        await decide(steward, approval_id=approval.id, decision="approve", actor="bob")
+        finished = await b.drive(run.id)
+    assert finished.status == RunStatus.succeeded and finished.output == {"amount": "130.00"}, finished.output
+    assert list(sandbox.state.sandbox.writes.values()) == [1]
