@@ -88,11 +88,9 @@ async def test_a_stalled_worker_cannot_change_a_run_another_worker_took_over(ope
     assert list(sandbox.state.sandbox.writes.values()) == [1]
 
 
-async def test_a_stalled_workers_task_writes_cannot_land_under_the_checkpoint_the_new_owner_paused_at(
-    open_custom, sandbox
-) -> None:
-    """B pauses for approval at the checkpoint A was working from. Were A's late result saved as that
-    task's writes, the resume would take the task as done and finish with A's stale result."""
+def stale_then_approved(name: str):
+    """A one-step workflow whose first execution (worker A) waits for ``wake`` and then returns a stale
+    result; any later execution asks for approval, then writes the price."""
     entered, wake = asyncio.Event(), asyncio.Event()
     executions: list[int] = []
 
@@ -107,7 +105,15 @@ async def test_a_stalled_workers_task_writes_cannot_land_under_the_checkpoint_th
         done = await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="130.00")
         return {"amount": done["amount"]}
 
-    wf = single_node_workflow("stalls_at_pause", work, grants={"pricing.prices.write"})
+    return single_node_workflow(name, work, grants={"pricing.prices.write"}), entered, wake
+
+
+async def test_a_stalled_workers_task_writes_cannot_land_under_the_checkpoint_the_new_owner_paused_at(
+    open_custom, sandbox
+) -> None:
+    """B pauses for approval at the checkpoint A was working from. Were A's late result saved as that
+    task's writes, the resume would take the task as done and finish with A's stale result."""
+    wf, entered, wake = stale_then_approved("stalls_at_pause")
     async with open_custom([wf]) as steward:
         driving_a, paused = await stall_and_take_over(steward, wf, entered)
         run, b = paused, steward.executor
@@ -205,21 +211,7 @@ async def test_a_live_worker_taken_over_at_once_cannot_slip_its_task_writes_in(o
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    entered, wake = asyncio.Event(), asyncio.Event()
-    executions: list[int] = []
-
-    async def work(state: dict, runtime) -> dict:
-        executions.append(1)
-        if len(executions) == 1:
-            entered.set()
-            await wake.wait()
-            return {"amount": "stale"}
-        await runtime.context.request_approval(action="pricing.set_price", arguments={"amount": "130.00"},
-                                               reason="a person checks every price")
-        done = await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="130.00")
-        return {"amount": done["amount"]}
-
-    wf = single_node_workflow("taken_at_once", work, grants={"pricing.prices.write"})
+    wf, entered, wake = stale_then_approved("taken_at_once")
     async with open_custom([wf]) as steward:
         a, b = stalling_worker(steward, lease_seconds=30.0), steward.executor
         a.worker_id = f"{_host_prefix()}{gone.pid}:feedbeef"
