@@ -324,6 +324,26 @@ class Database:
             if not shared:
                 connection.close()
 
+    def _read_cursor_attempt(self, fn: Callable[[Any], T]) -> T:
+        connection = self._read_bind.raw_connection()
+        try:
+            result = fn(connection.cursor())
+            connection.rollback()
+            return result
+        except BaseException:
+            with contextlib.suppress(Exception):
+                connection.rollback()
+            if is_transient(sys.exc_info()[1]):
+                connection.invalidate()  # type: ignore[attr-defined]
+            raise
+        finally:
+            connection.close()
+
+    async def read_cursor(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(cursor)``, a short read, with the driver's cursor on a reader (beside the writer on
+        SQLite): the cheapest way to read a row or two on the per-step path."""
+        return await self._dispatch(self._readers, lambda f: self._retrying(lambda: self._read_cursor_attempt(f)), fn)
+
     async def run_cursor(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(cursor)`` as one transaction with the driver's cursor; statements via :attr:`raw`."""
         return await self._dispatch(self._writer, self.cursor_transaction, fn)

@@ -141,8 +141,7 @@ class Journal:
             raise self.stopping
         raw = self._raw
         params = (self.run.id, self.epoch, self.run.worker_id)
-        row = await self.db.run(lambda session: raw_cursor_row(session, raw.sql(_OWNED), params), read_only=True)
-        self._fenced(row)
+        self._fenced(await self.db.read_cursor(lambda cursor: _fetch_one(cursor, raw.sql(_OWNED), params)))
 
     def record_call(self, row: dict[str, Any], response_json: str) -> CursorOp:
         """The statement that records a call; pass it to :meth:`commit`, which remembers the call
@@ -206,7 +205,6 @@ class Journal:
         return ops, events
 
 
-def raw_cursor_row(session: Session, sql: str, params: tuple) -> Any:
-    cursor = raw_cursor(session)
+def _fetch_one(cursor: Any, sql: str, params: tuple) -> Any:
     cursor.execute(sql, params)
     return cursor.fetchone()
