@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
-from runtime.db import SQLITE_BUSY_TIMEOUT_MS, Database
+from runtime.db import SQLITE_BUSY_TIMEOUT_MS, Database, fetch_one
 from runtime.errors import ExecutionFenced
 
 EPOCH = "steward_epoch"
@@ -57,7 +57,10 @@ class _Fenced:
     """Mixed into the LangGraph saver classes: a checkpoint or task write of a lost execution is refused."""
 
     steward_db: Database
-    steward_owners: dict[tuple[str, int], Owner]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.steward_owners: dict[tuple[str, int], Owner] = {}
 
     async def _steward_check(self, config: Any, what: str) -> None:
         configurable = config.get("configurable", {})
@@ -70,12 +73,7 @@ class _Fenced:
             await owner.ensure_owned()
             return
         db = self.steward_db
-
-        def owned(cursor: Any) -> bool:
-            cursor.execute(db.raw.sql(_OWNED), (run_id, epoch))
-            return cursor.fetchone() is not None
-
-        if not await db.run_cursor(owned):
+        if await db.read_cursor(lambda cursor: fetch_one(cursor, db.raw.sql(_OWNED), (run_id, epoch))) is None:
             raise ExecutionFenced(f"run {run_id} is no longer owned by execution {epoch}; its {what} is refused")
 
     async def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
@@ -114,7 +112,6 @@ async def open_checkpointer(db: Database, *, pool_size: int = 10) -> AsyncIterat
 
         async with aiosqlite.connect(db.sqlite_path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000) as connection:
             saver = FencedSqliteSaver(connection)
-            saver.steward_owners = {}
             await saver.setup()
             yield saver
         return
@@ -136,7 +133,6 @@ async def open_checkpointer(db: Database, *, pool_size: int = 10) -> AsyncIterat
     await pool.open()
     try:
         saver = FencedPostgresSaver(pool)  # type: ignore[arg-type]
-        saver.steward_owners = {}
         async with pool.connection() as conn:  # autocommit: the lock is held until unlocked
             # Try, never wait inside the server: a waiting statement holds a snapshot, and the holder's
             # CREATE INDEX CONCURRENTLY waits for every older snapshot (a deadlock PostgreSQL cannot see).

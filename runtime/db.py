@@ -114,6 +114,12 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def fetch_one(cursor: Any, sql: str, params: tuple) -> Any:
+    """One row of ``sql`` on a DBAPI cursor (for :meth:`Database.read_cursor`), or None."""
+    cursor.execute(sql, params)
+    return cursor.fetchone()
+
+
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # The driver's own transaction handling (a deferred BEGIN slipped in before the first
     # write) is switched off: Steward emits its own BEGIN, so a transaction holds one

@@ -248,7 +248,7 @@ class Executor:
         return run
 
     def _cancelled_elsewhere(self, run_id: str) -> None:
-        """Another process asked to cancel ``run_id`` (a PostgreSQL notification)."""
+        """Another process asked to cancel ``run_id`` (a PostgreSQL notification, or read at lease renewal)."""
         execution = self._executions.get(run_id)
         if execution is not None:
             execution.stop(RunCancelled(f"run {run_id} was cancelled"))
@@ -297,10 +297,7 @@ class Executor:
             with owned_by(self.checkpointer, run.id, journal):
                 return await self._execute(run, execution)
         finally:
-            # Whatever still holds the gate or the saver (a task LangGraph left running) writes nothing more.
-            journal.ended = True
-            journal.stop(ExecutionFenced(f"execution {journal.epoch} of run {run.id} has ended; "
-                                         "its writes are refused"))
+            journal.end()
             if self._executions.get(run.id) is execution:
                 del self._executions[run.id]
 
@@ -660,6 +657,4 @@ class Executor:
                 # further write of this execution may land; the fence refuses them, this stops it early.
                 execution.stop(ExecutionFenced(f"run {run_id} is no longer owned by execution {execution.epoch}"))
         for run_id in cancelled:
-            execution = self._executions.get(run_id)
-            if execution is not None:
-                execution.stop(RunCancelled(f"run {run_id} was cancelled"))
+            self._cancelled_elsewhere(run_id)

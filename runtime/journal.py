@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from sqlalchemy.orm import Session
 
 from runtime import audit
-from runtime.db import Database, raw_cursor
+from runtime.db import Database, fetch_one, raw_cursor
 from runtime.errors import ExecutionFenced, ExecutionStopped, RunCancelled
 from runtime.models import Run, StepStatus, utcnow
 
@@ -73,7 +73,7 @@ class Journal:
         self._ops: list[CursorOp] = []
         self._events: list[dict[str, Any]] = []
         self._started: set[str] = set()
-        self.ended = False  # set when the execution is over: nothing of it may be written any more
+        self.ended: ExecutionFenced | None = None  # set by end(): nothing of the execution may be written any more
 
     def event(self, kind: str, data: dict[str, Any] | None = None, *, trace_id: str | None = None,
               trusted: bool = False) -> dict[str, Any]:
@@ -125,6 +125,12 @@ class Journal:
             if self.on_stop is not None:
                 self.on_stop(reason)
 
+    def end(self) -> None:
+        """The execution is over: whatever still holds the gate or the saver (a task LangGraph left
+        running) writes nothing more, whatever stopped the execution before."""
+        self.ended = ExecutionFenced(f"execution {self.epoch} of run {self.run.id} has ended; its writes are refused")
+        self.stop(self.ended)
+
     def check_stop(self) -> None:
         if self.stopping is not None:
             raise self.stopping
@@ -135,13 +141,13 @@ class Journal:
         still owns its run (its last superstep's writes are kept); a lost, given back or ended one does
         not. One read of the run's row every time: no clock can tell that nobody took the run over
         meanwhile (a paused VM's clocks stand still while its lease runs out)."""
-        if self.ended:
-            raise ExecutionFenced(f"execution {self.epoch} of run {self.run.id} has ended; its writes are refused")
+        if self.ended is not None:
+            raise self.ended
         if isinstance(self.stopping, ExecutionFenced):
             raise self.stopping
         raw = self._raw
         params = (self.run.id, self.epoch, self.run.worker_id)
-        self._fenced(await self.db.read_cursor(lambda cursor: _fetch_one(cursor, raw.sql(_OWNED), params)))
+        self._fenced(await self.db.read_cursor(lambda cursor: fetch_one(cursor, raw.sql(_OWNED), params)))
 
     def record_call(self, row: dict[str, Any], response_json: str) -> CursorOp:
         """The statement that records a call; pass it to :meth:`commit`, which remembers the call
@@ -203,8 +209,3 @@ class Journal:
         ops, events = self._ops, self._events
         self._ops, self._events = [], []
         return ops, events
-
-
-def _fetch_one(cursor: Any, sql: str, params: tuple) -> Any:
-    cursor.execute(sql, params)
-    return cursor.fetchone()
