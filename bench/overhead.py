@@ -3,7 +3,8 @@
 The same 10-step graph (one connector call per step, against an in-process fake
 HTTP transport) runs N times as plain LangGraph and N times as a Steward-governed
 run (gate, idempotency record, audit chain, step records, spans). Both use the
-same checkpointer kind on the same database kind with ``durability="sync"``.
+same database with ``durability="sync"``: raw LangGraph through LangGraph's own saver
+(``AsyncSqliteSaver`` / ``AsyncPostgresSaver``), Steward through its fenced one.
 Prints a table and writes ``bench/results/overhead.json`` (``overhead-postgres.json``
 with ``--database postgres``); the ratio is what matters.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -106,6 +108,21 @@ WORKFLOW = Workflow(name="bench_ten_steps", version="1.0.0", owner=Owner(name="B
                     grants={"bench.items.write"})
 
 
+@contextlib.asynccontextmanager
+async def raw_checkpointer(db: Database):
+    """LangGraph's own saver for the same database kind, as a LangGraph user would open it."""
+    if db.is_sqlite:
+        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+        async with AsyncSqliteSaver.from_conn_string(db.sqlite_path) as saver:
+            yield saver
+        return
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+    async with AsyncPostgresSaver.from_conn_string(db.libpq_url) as saver:
+        yield saver
+
+
 async def measure(database_url: str, runs: int, warmup: int) -> dict[str, list[float]]:
     setup_tracing()
     db = Database(database_url)
@@ -114,8 +131,8 @@ async def measure(database_url: str, runs: int, warmup: int) -> dict[str, list[f
     connector = BenchConnector(base_url="http://bench", token="t", transport=fake_transport(),
                                retry=RetryPolicy(attempts=3))
     results: dict[str, list[float]] = {"raw": [], "steward": []}
-    async with open_checkpointer(db) as saver:
-        raw = raw_graph(client).compile(checkpointer=saver)
+    async with open_checkpointer(db) as saver, raw_checkpointer(db) as raw_saver:
+        raw = raw_graph(client).compile(checkpointer=raw_saver)
         executor = Executor(db=db, registry=Registry([WORKFLOW]), connectors={"bench": connector}, checkpointer=saver,
                             approvals=PORT)
         for i in range(warmup + runs):

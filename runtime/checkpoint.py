@@ -3,23 +3,21 @@
 A checkpoint, and a task's writes, are saved only while the execution that writes them
 still owns its run: the executor puts the execution's epoch into the graph config
 (``EPOCH``) and registers the execution (:func:`owned_by`), and the saver asks it
-before every write (:meth:`runtime.journal.Journal.ensure_owned`: one read of the
-run's row, on a reader thread on SQLite). A stalled worker whose run was taken over
-therefore can neither fork the run's history with a checkpoint of its own nor slip
-its task's writes under the checkpoint the new owner paused at. (The check and the
-save are two statements on two connections; the window between them is what is left,
-and the executor's own writes are fenced in-transaction.) A write under an epoch no
-execution of this process registered is checked against the run's row alone.
+before every write. A stalled worker whose run was taken over therefore can neither
+fork the run's history with a checkpoint of its own nor slip its task's writes under
+the checkpoint the new owner paused at. A write under an epoch no execution of this
+process registered is checked against the run's row alone.
 
-On SQLite the checkpointer (``AsyncSqliteSaver``) writes through its own connection,
-in aiosqlite's thread, and Steward writes through its writer thread (see
-:mod:`runtime.db`); neither runs on the event loop. The two writers meet in SQLite's
-own locking: WAL lets every reader go on while one connection writes, and both
-connections wait for the write lock under the same busy timeout. Steward's write
-transactions take that lock at ``BEGIN IMMEDIATE``, so neither side ever has to
-upgrade a read to a write (the one case a busy timeout does not retry). On
-PostgreSQL the checkpointer has a psycopg pool of its own, and processes starting
-together create its tables one at a time (an advisory lock around ``setup()``).
+On SQLite, LangGraph's ``AsyncSqliteSaver`` reads through its own connection (aiosqlite's
+thread), but its two writes go through Steward's writer thread (see :mod:`runtime.db`), each
+one transaction that checks ownership and writes the rows LangGraph's saver writes, in its
+tables: the check and the write hold SQLite's write lock together, so nothing changes the
+run between them, and Steward is the file's one writer in this process. They commit with
+``synchronous=FULL``, as LangGraph's saver does. On PostgreSQL the checkpointer has a psycopg
+pool of its own: the saver reads the run's row (:meth:`runtime.journal.Journal.ensure_owned`)
+before each write on its own connection, so a takeover between the two is the window left
+there; the executor's own writes are fenced in-transaction. Processes starting together
+create its tables one at a time (an advisory lock around ``setup()``).
 
 >>> async with open_checkpointer(db) as saver:
 ...     graph = workflow.graph.compile(checkpointer=saver)
@@ -30,17 +28,23 @@ together create its tables one at a time (an advisory lock around ``setup()``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Protocol
 
-from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.base import WRITES_IDX_MAP, BaseCheckpointSaver, get_checkpoint_metadata
 
 from runtime.db import SQLITE_BUSY_TIMEOUT_MS, Database, fetch_one
 from runtime.errors import ExecutionFenced
 
 EPOCH = "steward_epoch"
 _OWNED = "SELECT 1 FROM runs WHERE id = ? AND executions = ? AND status = 'running'"
+_PUT_CHECKPOINT = ("INSERT OR REPLACE INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id,"
+                   " type, checkpoint, metadata) VALUES (?, ?, ?, ?, ?, ?, ?)")
+_WRITES = ("INTO writes (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, value)"
+           " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_PUT_WRITES_REPLACE, _PUT_WRITES_KEEP = f"INSERT OR REPLACE {_WRITES}", f"INSERT OR IGNORE {_WRITES}"
 # Any 64-bit constant: processes starting together create LangGraph's tables one at a time.
 _SETUP_LOCK = 0x5374657761726401
 
@@ -49,6 +53,10 @@ class Owner(Protocol):
     """An execution as the saver sees it (:class:`runtime.journal.Journal`)."""
 
     epoch: int
+
+    def refuse_if_lost(self) -> None: ...
+
+    def check_owned(self, cursor: Any) -> None: ...
 
     async def ensure_owned(self) -> None: ...
 
@@ -62,20 +70,80 @@ class _Fenced:
         super().__init__(*args, **kwargs)
         self.steward_owners: dict[tuple[str, int], Owner] = {}
 
-    async def _steward_check(self, config: Any, what: str) -> None:
+    def _steward_fence(self, config: Any, what: str) -> Callable[[Any], None] | None:
+        """The ownership check for a write under ``config``, as a function of a cursor in the writing
+        transaction (None: no execution's write, nothing to check). Raises at once when the owner
+        already knows it lost the run."""
         configurable = config.get("configurable", {})
         epoch = configurable.get(EPOCH)
         if epoch is None:
-            return
+            return None
         run_id = configurable["thread_id"]
         owner = self.steward_owners.get((run_id, epoch))
         if owner is not None:
-            await owner.ensure_owned()
-            return
-        db = self.steward_db
-        if await db.read_cursor(lambda cursor: fetch_one(cursor, db.raw.sql(_OWNED), (run_id, epoch))) is None:
-            raise ExecutionFenced(f"run {run_id} is no longer owned by execution {epoch}; its {what} is refused")
+            owner.refuse_if_lost()
+            return owner.check_owned
+        sql = self.steward_db.raw.sql(_OWNED)
 
+        def check(cursor: Any) -> None:
+            if fetch_one(cursor, sql, (run_id, epoch)) is None:
+                raise ExecutionFenced(f"run {run_id} is no longer owned by execution {epoch}; its {what} is refused")
+
+        return check
+
+    async def _steward_check(self, config: Any, what: str) -> None:
+        """The ownership check on a reader, before a write on the saver's own connection (PostgreSQL)."""
+        check = self._steward_fence(config, what)
+        if check is not None:
+            await self.steward_db.read_cursor(check)
+
+
+class _FencedSqlite(_Fenced):
+    """``AsyncSqliteSaver``'s two writes, on Steward's writer in one transaction with the ownership check.
+
+    The rows are the ones LangGraph's saver writes into the tables its ``setup()`` creates (the
+    same statements); reading them back is left to the saver."""
+
+    async def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
+        check = self._steward_fence(config, "checkpoint")
+        await self.setup()  # type: ignore[attr-defined]
+        configurable = config["configurable"]
+        thread_id, checkpoint_ns = configurable["thread_id"], configurable["checkpoint_ns"]
+        type_, serialized = self.serde.dumps_typed(checkpoint)  # type: ignore[attr-defined]
+        serialized_metadata = json.dumps(get_checkpoint_metadata(config, metadata),
+                                         ensure_ascii=False).encode("utf-8", "ignore")
+        row = (str(thread_id), checkpoint_ns, checkpoint["id"], configurable.get("checkpoint_id"), type_, serialized,
+               serialized_metadata)
+
+        def write(cursor: Any) -> None:
+            if check is not None:
+                check(cursor)
+            cursor.execute(_PUT_CHECKPOINT, row)
+
+        await self.steward_db.run_cursor(write, synced=True)
+        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns,
+                                 "checkpoint_id": checkpoint["id"]}}
+
+    async def aput_writes(self, config: Any, writes: Any, task_id: str, task_path: str = "") -> None:
+        check = self._steward_fence(config, "task's writes")
+        await self.setup()  # type: ignore[attr-defined]
+        configurable = config["configurable"]
+        # Special channels (an error, an interrupt) replace an earlier write of the task; others keep the first.
+        query = _PUT_WRITES_REPLACE if all(channel in WRITES_IDX_MAP for channel, _ in writes) else _PUT_WRITES_KEEP
+        rows = [(str(configurable["thread_id"]), str(configurable["checkpoint_ns"]),
+                 str(configurable["checkpoint_id"]), task_id, task_path, WRITES_IDX_MAP.get(channel, idx), channel,
+                 *self.serde.dumps_typed(value))  # type: ignore[attr-defined]
+                for idx, (channel, value) in enumerate(writes)]
+
+        def write(cursor: Any) -> None:
+            if check is not None:
+                check(cursor)
+            cursor.executemany(query, rows)
+
+        await self.steward_db.run_cursor(write, synced=True)
+
+
+class _FencedPostgres(_Fenced):
     async def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
         await self._steward_check(config, "checkpoint")
         return await super().aput(config, checkpoint, metadata, new_versions)  # type: ignore[misc]
@@ -107,7 +175,7 @@ async def open_checkpointer(db: Database, *, pool_size: int = 10) -> AsyncIterat
         import aiosqlite
         from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-        class FencedSqliteSaver(_Fenced, AsyncSqliteSaver):
+        class FencedSqliteSaver(_FencedSqlite, AsyncSqliteSaver):
             steward_db = db
 
         async with aiosqlite.connect(db.sqlite_path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000) as connection:
@@ -118,7 +186,7 @@ async def open_checkpointer(db: Database, *, pool_size: int = 10) -> AsyncIterat
 
     from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
-    class FencedPostgresSaver(_Fenced, AsyncPostgresSaver):
+    class FencedPostgresSaver(_FencedPostgres, AsyncPostgresSaver):
         steward_db = db
     from psycopg.rows import dict_row
     from psycopg_pool import AsyncConnectionPool

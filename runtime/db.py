@@ -294,9 +294,13 @@ class Database:
         executor = self._readers if read_only else self._writer
         return await self._dispatch(executor, functools.partial(self.transaction, read_only=read_only), fn)
 
-    def cursor_transaction(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(cursor)`` in one transaction on a DBAPI connection (the per-step path)."""
-        return self._retrying(lambda: self._cursor_attempt(fn))
+    def cursor_transaction(self, fn: Callable[[Any], T], *, synced: bool = False) -> T:
+        """Run ``fn(cursor)`` in one transaction on a DBAPI connection (the per-step path).
+
+        ``synced``: on SQLite, the commit is written through to the disk (``synchronous=FULL``, what
+        LangGraph's own SQLite saver commits with) rather than only to the operating system; a
+        process kill keeps either, a power loss only the synced one."""
+        return self._retrying(lambda: self._cursor_attempt(fn, synced=synced))
 
     def _writer_connection(self) -> Connection | None:
         """On SQLite's writer thread, its one connection (opened on first use); None on any other thread.
@@ -309,12 +313,15 @@ class Database:
             self._shared = self.engine.connect()
         return self._shared
 
-    def _cursor_attempt(self, fn: Callable[[Any], T]) -> T:
+    def _cursor_attempt(self, fn: Callable[[Any], T], *, synced: bool = False) -> T:
         writer = self._writer_connection()
         shared = writer is not None
         connection = writer.connection if writer is not None else self.engine.raw_connection()
+        synced = synced and self.is_sqlite
         try:
             cursor = connection.cursor()
+            if synced:
+                cursor.execute("PRAGMA synchronous=FULL")  # for this commit (see _sqlite_connect)
             if self.is_sqlite:
                 cursor.execute("BEGIN IMMEDIATE")  # see _sqlite_begin_immediate
             result = fn(cursor)
@@ -327,6 +334,9 @@ class Database:
                 connection.invalidate()  # type: ignore[attr-defined]  # never hand a broken connection back
             raise
         finally:
+            if synced:
+                with contextlib.suppress(Exception):
+                    connection.cursor().execute("PRAGMA synchronous=NORMAL")
             if not shared:
                 connection.close()
 
@@ -350,9 +360,11 @@ class Database:
         SQLite): the cheapest way to read a row or two on the per-step path."""
         return await self._dispatch(self._readers, lambda f: self._retrying(lambda: self._read_cursor_attempt(f)), fn)
 
-    async def run_cursor(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(cursor)`` as one transaction with the driver's cursor; statements via :attr:`raw`."""
-        return await self._dispatch(self._writer, self.cursor_transaction, fn)
+    async def run_cursor(self, fn: Callable[[Any], T], *, synced: bool = False) -> T:
+        """Run ``fn(cursor)`` as one transaction with the driver's cursor; statements via :attr:`raw`
+        (``synced``: see :meth:`cursor_transaction`)."""
+        transaction = functools.partial(self.cursor_transaction, synced=True) if synced else self.cursor_transaction
+        return await self._dispatch(self._writer, transaction, fn)
 
     async def _dispatch(self, threads: Threads | None, transaction: Callable[[Callable[[Any], T]], T],
                         fn: Callable[[Any], T]) -> T:

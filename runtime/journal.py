@@ -135,19 +135,27 @@ class Journal:
         if self.stopping is not None:
             raise self.stopping
 
-    async def ensure_owned(self) -> None:
-        """For writes that go around the journal (LangGraph's checkpoints and task writes): return when
-        this execution still owns the run, else raise :class:`ExecutionFenced`. A cancelled execution
-        still owns its run (its last superstep's writes are kept); a lost, given back or ended one does
-        not. One read of the run's row every time: no clock can tell that nobody took the run over
-        meanwhile (a paused VM's clocks stand still while its lease runs out)."""
+    def refuse_if_lost(self) -> None:
+        """Raise :class:`ExecutionFenced` when this execution already knows it no longer owns its run
+        (it was fenced, or it has ended). A cancelled execution still owns its run (its last
+        superstep's writes are kept)."""
         if self.ended is not None:
             raise self.ended
         if isinstance(self.stopping, ExecutionFenced):
             raise self.stopping
+
+    def check_owned(self, cursor: Any) -> None:
+        """For writes that go around the journal (LangGraph's checkpoints and task writes), inside their
+        transaction: raise :class:`ExecutionFenced` unless this execution still owns the run. One read
+        of the run's row every time: no clock can tell that nobody took the run over meanwhile (a
+        paused VM's clocks stand still while its lease runs out)."""
         raw = self._raw
-        params = (self.run.id, self.epoch, self.run.worker_id)
-        self._fenced(await self.db.read_cursor(lambda cursor: fetch_one(cursor, raw.sql(_OWNED), params)))
+        self._fenced(fetch_one(cursor, raw.sql(_OWNED), (self.run.id, self.epoch, self.run.worker_id)))
+
+    async def ensure_owned(self) -> None:
+        """:meth:`check_owned` on a reader, before a write on another connection."""
+        self.refuse_if_lost()
+        await self.db.read_cursor(self.check_owned)
 
     def record_call(self, row: dict[str, Any], response_json: str) -> CursorOp:
         """The statement that records a call; pass it to :meth:`commit`, which remembers the call
