@@ -15,12 +15,14 @@ from approvals.schemas import ApprovalPublic, DecisionCreate
 from approvals.store import get_approval as get_one
 from approvals.store import list_approvals as list_some
 from runtime.api.deps import StewardDep, UserDep
+from runtime.api.problems import errors
 from runtime.api.responses import encode_list, json_body
 
 router = APIRouter(prefix="/approvals", tags=["approvals"])
 
 
-@router.get("", response_model=list[ApprovalPublic], summary="Approval requests, oldest first")
+@router.get("", response_model=list[ApprovalPublic], operation_id="approvals-list", responses=errors(401),
+            summary="Approval requests, oldest first")
 async def list_approvals(
     steward: StewardDep,
     _: UserDep,
@@ -33,13 +35,15 @@ async def list_approvals(
     return json_body(body)
 
 
-@router.get("/{approval_id}", response_model=ApprovalPublic, summary="One approval request")
+@router.get("/{approval_id}", response_model=ApprovalPublic, operation_id="approvals-get",
+            responses=errors(401, 404), summary="One approval request")
 async def get_approval(approval_id: str, steward: StewardDep, _: UserDep) -> ApprovalPublic:
     approval = await steward.db.run(lambda s: get_one(session=s, approval_id=approval_id), read_only=True)
     return ApprovalPublic.model_validate(approval)
 
 
-@router.post("/{approval_id}/decision", response_model=ApprovalPublic, summary="Approve or reject")
+@router.post("/{approval_id}/decision", response_model=ApprovalPublic, operation_id="approvals-decide",
+             responses=errors(401, 404, 409), summary="Approve or reject")
 async def decide(approval_id: str, body: DecisionCreate, steward: StewardDep, user: UserDep) -> ApprovalPublic:
     """Record the caller's decision; the run resumes with it. Deciding twice answers 409."""
     approval = await service.decide(steward, approval_id=approval_id, decision=body.decision, actor=user,

@@ -11,27 +11,24 @@ named as ``module:attr`` strings (defaults: ``workflows:WORKFLOWS`` and
 from __future__ import annotations
 
 import gc
-import logging
 from collections.abc import Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from runtime import store
-from runtime.api import audit_routes, runs
+from runtime.api import audit_routes, problems, runs, workflows
+from runtime.api.deps import reject_unknown_query
 from runtime.connectors import Connector
-from runtime.db import is_transient
-from runtime.errors import DatabaseUnavailable, StewardError
+from runtime.errors import DatabaseUnavailable
 from runtime.sandbox import create_sandbox_app
 from runtime.sdk import Registry, load_object
 from runtime.service import open_steward
 from runtime.settings import SANDBOX_TOKEN, Settings
 
-log = logging.getLogger("steward.app")
 DEMO_TOKENS = {"demo.operator": "steward-demo-operator", "demo.approver": "steward-demo-approver"}
 
 
@@ -41,20 +38,6 @@ async def seed_demo_tokens(steward: Any) -> None:
             store.store_token(session=session, user=user, plain=plain)
 
     await steward.db.run(seed)
-
-
-def error_response(exc: StewardError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
-
-
-def validation_response(exc: RequestValidationError) -> JSONResponse:
-    details = [
-        {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in exc.errors()
-    ]
-    names = ", ".join(".".join(str(p) for p in d["loc"]) for d in details)
-    body = {"code": "input_invalid", "message": f"the request is invalid: {names}", "details": details}
-    return JSONResponse(body, status_code=422)
 
 
 def create_app(
@@ -94,39 +77,25 @@ def create_app(
         docs_url="/docs",
     )
 
-    @app.exception_handler(StewardError)
-    async def _steward_error(_: Request, exc: StewardError) -> JSONResponse:
-        return error_response(exc)
+    problems.install(app)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        if is_transient(exc):
-            return error_response(DatabaseUnavailable(f"the database is unavailable ({type(exc).__name__}); "
-                                                      "retry later"))
-        log.error("unhandled error", exc_info=exc)
-        return error_response(StewardError(f"internal error ({type(exc).__name__}); see the server log"))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return validation_response(exc)
-
-    @app.get("/healthz", tags=["health"], summary="Liveness: the process answers")
+    @app.get("/healthz", tags=["health"], operation_id="health-live", summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="Readiness: the database answers",
-             responses={503: {"description": "the database is unreachable"}})
+    @app.get("/readyz", tags=["health"], operation_id="health-ready", summary="Readiness: the database answers",
+             responses={503: {"model": problems.Problem, "description": "the database is unreachable"}})
     async def readyz(request: Request) -> JSONResponse:
         try:
             await request.app.state.steward.db.run(lambda session: session.execute(text("SELECT 1")))
         except Exception as exc:
-            body = DatabaseUnavailable(f"the database does not answer ({type(exc).__name__})").to_dict()
-            return JSONResponse({"status": "unavailable", **body}, status_code=503)
+            return problems.from_error(DatabaseUnavailable(f"the database does not answer ({type(exc).__name__})"))
         return JSONResponse({"status": "ok"})
 
-    api = APIRouter(prefix="/api/v1")
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(reject_unknown_query)])
     api.include_router(runs.router)
     api.include_router(audit_routes.router)
+    api.include_router(workflows.router)
     for router in extra:
         api.include_router(router)
     app.include_router(api)

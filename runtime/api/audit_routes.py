@@ -8,18 +8,20 @@ from fastapi import APIRouter, Query, Response
 
 from runtime import audit, store
 from runtime.api.deps import StewardDep, UserDep
+from runtime.api.problems import errors
 from runtime.api.responses import encode_list, json_body
 from runtime.api.schemas import AuditEventPublic
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 
 
-@router.get("", response_model=list[AuditEventPublic], summary="Audit events in chain order")
+@router.get("", response_model=list[AuditEventPublic], operation_id="audit-list", responses=errors(401),
+            summary="Audit events in chain order")
 async def list_audit(
     steward: StewardDep,
     _: UserDep,
     run_id: str | None = None,
-    after_seq: Annotated[int, Query(ge=0)] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> Response:
     """Page on with ``after_seq`` (the last ``seq`` you got)."""
@@ -29,6 +31,7 @@ async def list_audit(
     return json_body(body)
 
 
-@router.get("/verify", summary="Recompute the hash chain; name the first broken event")
+@router.get("/verify", operation_id="audit-verify", responses=errors(401),
+            summary="Recompute the hash chain; name the first broken event")
 async def verify(steward: StewardDep, _: UserDep) -> dict[str, Any]:
     return (await steward.db.run(audit.verify, read_only=True)).to_dict()

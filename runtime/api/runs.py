@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from runtime import store
 from runtime.api.deps import StewardDep, UserDep
+from runtime.api.problems import errors
 from runtime.api.responses import encode_list, json_body
 from runtime.api.schemas import RunCreate, RunDetail, RunPublic, StepPublic
 from runtime.models import RunStatus
@@ -16,7 +17,9 @@ from runtime.models import RunStatus
 router = APIRouter(prefix="/runs", tags=["runs"])
 
 
-@router.post("", status_code=201, response_model=RunPublic, summary="Start a run")
+@router.post("", status_code=201, response_model=RunPublic, operation_id="runs-create", summary="Start a run",
+             responses={200: {"model": RunPublic, "description": "The run a repeated Idempotency-Key started"},
+                        201: {"description": "The run was queued"}, **errors(401, 404)})
 async def create_run(
     body: RunCreate,
     steward: StewardDep,
@@ -35,7 +38,8 @@ async def create_run(
     return RunPublic.model_validate(run)
 
 
-@router.get("", response_model=list[RunPublic], summary="List runs, newest first")
+@router.get("", response_model=list[RunPublic], operation_id="runs-list", responses=errors(401),
+            summary="List runs, newest first")
 async def list_runs(
     steward: StewardDep,
     _: UserDep,
@@ -65,12 +69,14 @@ async def run_detail(steward: StewardDep, run_id: str) -> RunDetail:
     })
 
 
-@router.get("/{run_id}", response_model=RunDetail, summary="One run with its steps and pending approval")
+@router.get("/{run_id}", response_model=RunDetail, operation_id="runs-get", responses=errors(401, 404),
+            summary="One run with its steps and pending approval")
 async def get_run(run_id: str, steward: StewardDep, _: UserDep) -> RunDetail:
     return await run_detail(steward, run_id)
 
 
-@router.post("/{run_id}/cancel", response_model=RunDetail, summary="Cancel a run that has not ended")
+@router.post("/{run_id}/cancel", response_model=RunDetail, operation_id="runs-cancel",
+             responses=errors(401, 404, 409), summary="Cancel a run that has not ended")
 async def cancel_run(run_id: str, steward: StewardDep, user: UserDep) -> RunDetail:
     await steward.executor.cancel(run_id=run_id, actor=user)
     return await run_detail(steward, run_id)

@@ -74,3 +74,23 @@ class AuditEventPublic(BaseModel):
     data: dict[str, Any]
     prev_hash: str
     hash: str
+
+
+class OwnerPublic(BaseModel):
+    name: str
+    email: str
+
+
+class WorkflowVersionPublic(BaseModel):
+    version: str
+    owner: OwnerPublic
+    description: str
+    grants: list[str] = Field(description="The connector action scopes this version may use")
+    code_hash: str = Field(description="SHA-256 of the module that builds the version's graph")
+    input_schema: dict[str, Any] = Field(description="The JSON Schema a run's `input` must match")
+
+
+class WorkflowPublic(BaseModel):
+    name: str
+    latest_version: str = Field(description="The version a new run takes unless it names one")
+    versions: list[WorkflowVersionPublic] = Field(description="Every loaded version, highest first")

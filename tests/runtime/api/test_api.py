@@ -70,7 +70,7 @@ def test_unknown_workflow_is_404_and_nothing_is_stored(client) -> None:
     answer = client.post("/api/v1/runs", json={"workflow": "nope", "input": {}}, headers=client.operator)
     assert answer.status_code == 404
     assert answer.json()["code"] == "workflow_not_found"
-    assert "price_change" in answer.json()["message"]
+    assert "price_change" in answer.json()["detail"]
     assert counts(client) == before
 
 
@@ -91,9 +91,9 @@ def test_invalid_input_is_422_naming_the_fields_and_nothing_is_stored(client, pa
     assert answer.status_code == 422
     body = answer.json()
     assert body["code"] == "input_invalid"
-    assert {".".join(map(str, d["loc"])) for d in body["details"]} == fields
+    assert {".".join(map(str, d["loc"])) for d in body["errors"]} == fields
     for field in fields:
-        assert field.removeprefix("input.") in body["message"]
+        assert field.removeprefix("input.") in body["detail"]
     assert counts(client) == before
 
 
@@ -101,13 +101,13 @@ def test_invalid_lead_email_is_422(client) -> None:
     lead = {"email": "not-an-email", "first_name": "J", "last_name": "D", "country": "Germany", "source": "web"}
     answer = client.post("/api/v1/runs", json={"workflow": "lead_routing", "input": lead}, headers=client.operator)
     assert answer.status_code == 422
-    assert {".".join(map(str, d["loc"])) for d in answer.json()["details"]} == {"input.email", "input.country"}
+    assert {".".join(map(str, d["loc"])) for d in answer.json()["errors"]} == {"input.email", "input.country"}
 
 
 def test_malformed_body_is_422_with_field_errors(client) -> None:
     answer = client.post("/api/v1/runs", json={"input": {}, "extra": 1}, headers=client.operator)
     assert answer.status_code == 422
-    locs = {".".join(map(str, d["loc"])) for d in answer.json()["details"]}
+    locs = {".".join(map(str, d["loc"])) for d in answer.json()["errors"]}
     assert locs == {"body.workflow", "body.extra"}
 
 
@@ -134,14 +134,14 @@ def test_deciding_twice_is_409(client) -> None:
     assert client.post(url, json={"decision": "reject", "comment": "no"}, headers=client.approver).status_code == 200
     again = client.post(url, json={"decision": "approve"}, headers=client.approver)
     assert again.status_code == 409
-    assert "already rejected by demo.approver" in again.json()["message"]
+    assert "already rejected by demo.approver" in again.json()["detail"]
     assert settle(client, run["id"], {"rejected", "failed"})["status"] == "rejected"
 
 
 def test_bad_decision_value_is_422_and_unknown_approval_404(client) -> None:
     answer = client.post("/api/v1/approvals/nope/decision", json={"decision": "maybe"}, headers=client.approver)
     assert answer.status_code == 422
-    assert answer.json()["details"][0]["loc"] == ["body", "decision"]
+    assert answer.json()["errors"][0]["loc"] == ["body", "decision"]
     answer = client.post("/api/v1/approvals/nope/decision", json={"decision": "approve"}, headers=client.approver)
     assert answer.status_code == 404
 
@@ -177,3 +177,27 @@ def test_openapi_documents_the_api(client) -> None:
     for path in ("/api/v1/runs", "/api/v1/runs/{run_id}", "/api/v1/runs/{run_id}/cancel", "/api/v1/approvals",
                  "/api/v1/approvals/{approval_id}/decision", "/api/v1/audit", "/api/v1/audit/verify", "/healthz"):
         assert path in paths
+
+
+def test_workflows_are_listed_with_each_versions_input_schema(client) -> None:
+    listed = client.get("/api/v1/workflows", headers=client.operator)
+    assert listed.status_code == 200
+    by_name = {wf["name"]: wf for wf in listed.json()}
+    price = by_name["price_change"]
+    assert price["latest_version"] == price["versions"][0]["version"]
+    version = price["versions"][0]
+    assert version["owner"]["email"] and version["description"] and "pricing.prices.write" in version["grants"]
+    assert len(version["code_hash"]) == 64 and "items" in version["input_schema"]["properties"]
+    one = client.get("/api/v1/workflows/price_change", headers=client.operator)
+    assert one.json() == price
+    missing = client.get("/api/v1/workflows/nope", headers=client.operator)
+    assert missing.status_code == 404 and missing.json()["code"] == "workflow_not_found"
+    assert client.get("/api/v1/workflows").status_code == 401
+
+
+def test_a_misspelt_query_parameter_is_refused_not_ignored(client) -> None:
+    answer = client.get("/api/v1/runs", params={"stauts": "failed"}, headers=client.operator)
+    assert answer.status_code == 422
+    assert answer.json()["errors"] == [{"loc": ["query", "stauts"], "msg": "not a parameter of this operation",
+                                        "type": "extra_forbidden"}]
+    assert client.get("/api/v1/runs", params={"status": "failed"}, headers=client.operator).status_code == 200

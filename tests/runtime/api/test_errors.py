@@ -51,8 +51,10 @@ def test_a_raw_driver_failure_is_503_json_and_an_unexpected_one_500_json(app_cli
     response = app_client.post("/api/v1/runs", json={"workflow": "price_change", "input": PRICE_105},
                                headers=OPERATOR)
     assert response.status_code == 500
-    assert response.headers["content-type"].startswith("application/json")
-    assert response.json()["code"] == "steward_error" and "KeyError" in response.json()["message"]
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["code"] == "internal_error" and "KeyError" not in response.text  # no internals leak
+    assert body["request_id"] == response.headers["X-Request-ID"]
 
 
 def test_readiness_reports_the_database_liveness_does_not(app_client, monkeypatch) -> None:
@@ -64,5 +66,71 @@ def test_readiness_reports_the_database_liveness_does_not(app_client, monkeypatc
 
     monkeypatch.setattr(db, "run", down)
     ready = app_client.get("/readyz")
-    assert ready.status_code == 503 and ready.json()["status"] == "unavailable" and ready.json()["retryable"]
+    assert ready.status_code == 503 and ready.json()["code"] == "database_unavailable" and ready.json()["retryable"]
     assert app_client.get("/healthz").status_code == 200
+
+
+def assert_problem(response, status: int, code: str) -> dict:
+    """RFC 9457 problem details with Steward's code and the request's id (also in the header)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert {"type", "title", "status", "detail", "code", "request_id"} <= body.keys()
+    assert body["status"] == status and body["code"] == code and body["detail"] and body["title"]
+    assert body["request_id"] == response.headers["X-Request-ID"]
+    return body
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_every_kind_of_error_answers_one_problem_shape(app_client) -> None:
+    c = app_client
+    assert_problem(c.get("/api/v1/nope", headers=OPERATOR), 404, "route_not_found")
+    not_allowed = assert_problem(c.delete("/api/v1/runs", headers=OPERATOR), 405, "method_not_allowed")
+    assert not_allowed["type"] == "about:blank" and "GET" in c.delete("/api/v1/runs").headers["Allow"]
+    bad_json = assert_problem(c.post("/api/v1/runs", content=b'{"workflow": ', headers={
+        **OPERATOR, "Content-Type": "application/json"}), 422, "input_invalid")
+    assert bad_json["errors"][0]["type"] == "json_invalid"
+    undecodable = c.post("/api/v1/runs", content=b"\xff\xfe\x00garbage", headers={
+        **OPERATOR, "Content-Type": "application/json"})
+    assert_problem(undecodable, 422, "input_invalid")
+    assert_problem(c.post("/api/v1/runs", json={"workflow": "price_change", "input": PRICE_105}), 401, "unauthorized")
+    missing = assert_problem(c.get("/api/v1/runs/nope", headers=OPERATOR), 404, "run_not_found")
+    assert missing["type"] == "urn:steward:problem:run_not_found"
+    fields = assert_problem(c.post("/api/v1/runs", json={"workflow": "price_change", "input": {}},
+                                   headers=OPERATOR), 422, "input_invalid")
+    assert {tuple(e["loc"]) for e in fields["errors"]} >= {("input", "items")}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_sequence_number_beyond_64_bits_is_a_field_error_not_a_500(app_client) -> None:
+    answer = app_client.get("/api/v1/audit", params={"after_seq": 2**63}, headers=OPERATOR)
+    body = assert_problem(answer, 422, "input_invalid")
+    assert body["errors"][0]["loc"] == ["query", "after_seq"]
+    assert app_client.get("/api/v1/audit", params={"after_seq": 2**63 - 1}, headers=OPERATOR).json() == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_request_ids_are_taken_from_the_client_when_well_formed_and_made_otherwise(app_client) -> None:
+    mine = app_client.get("/healthz", headers={"X-Request-ID": "client-42.a:b"})
+    assert mine.headers["X-Request-ID"] == "client-42.a:b"
+    for hostile in ["has space", "x" * 129, "semi;colon", "<script>"]:
+        answer = app_client.get("/api/v1/runs/nope", headers={**OPERATOR, "X-Request-ID": hostile})
+        assert answer.headers["X-Request-ID"] != hostile and len(answer.headers["X-Request-ID"]) == 32
+        assert answer.json()["request_id"] == answer.headers["X-Request-ID"]
+    first, second = app_client.get("/healthz"), app_client.get("/healthz")
+    assert first.headers["X-Request-ID"] != second.headers["X-Request-ID"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_unexpected_error_is_logged_under_the_request_id_the_client_sees(app_client, monkeypatch, caplog) -> None:
+    executor = app_client.app.state.steward.executor
+
+    async def bug(**_):
+        raise RuntimeError("secret internals /etc/passwd")
+
+    monkeypatch.setattr(executor, "submit", bug)
+    answer = app_client.post("/api/v1/runs", json={"workflow": "price_change", "input": PRICE_105},
+                             headers={**OPERATOR, "X-Request-ID": "trace-me"})
+    body = assert_problem(answer, 500, "internal_error")
+    assert "secret" not in answer.text and body["request_id"] == "trace-me"
+    assert any("trace-me" in r.getMessage() and r.exc_info for r in caplog.records)
