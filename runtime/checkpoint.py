@@ -14,8 +14,8 @@ one transaction that checks ownership and writes the rows LangGraph's saver writ
 tables: the check and the write hold SQLite's write lock together, so nothing changes the
 run between them, and Steward is the file's one writer in this process. They commit with
 ``synchronous=FULL``, as LangGraph's saver does. On PostgreSQL the checkpointer has a psycopg
-pool of its own: the saver reads the run's row (:meth:`runtime.journal.Journal.ensure_owned`)
-before each write on its own connection, so a takeover between the two is the window left
+pool of its own: the saver reads the run's row (:meth:`runtime.journal.Journal.check_owned`, on a
+reader) before each write on its own connection, so a takeover between the two is the window left
 there; the executor's own writes are fenced in-transaction. Processes starting together
 create its tables one at a time (an advisory lock around ``setup()``).
 
@@ -36,15 +36,22 @@ from typing import Any, Protocol
 from langgraph.checkpoint.base import WRITES_IDX_MAP, BaseCheckpointSaver, get_checkpoint_metadata
 
 from runtime.db import SQLITE_BUSY_TIMEOUT_MS, Database, fetch_one
-from runtime.errors import ExecutionFenced
+from runtime.errors import ExecutionFenced, WorkflowDefinitionError
 
 EPOCH = "steward_epoch"
-_OWNED = "SELECT 1 FROM runs WHERE id = ? AND executions = ? AND status = 'running'"
+WORKER = "steward_worker"
+_OWNED = "SELECT 1 FROM runs WHERE id = ? AND executions = ? AND worker_id = ? AND status = 'running'"
 _PUT_CHECKPOINT = ("INSERT OR REPLACE INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id,"
                    " type, checkpoint, metadata) VALUES (?, ?, ?, ?, ?, ?, ?)")
 _WRITES = ("INTO writes (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, value)"
            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _PUT_WRITES_REPLACE, _PUT_WRITES_KEEP = f"INSERT OR REPLACE {_WRITES}", f"INSERT OR IGNORE {_WRITES}"
+_SQLITE_COLUMNS = {
+    "checkpoints": {"thread_id", "checkpoint_ns", "checkpoint_id", "parent_checkpoint_id", "type", "checkpoint",
+                    "metadata"},
+    "writes": {"thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "task_path", "idx", "channel", "type",
+               "value"},
+}
 # Any 64-bit constant: processes starting together create LangGraph's tables one at a time.
 _SETUP_LOCK = 0x5374657761726401
 
@@ -57,8 +64,6 @@ class Owner(Protocol):
     def refuse_if_lost(self) -> None: ...
 
     def check_owned(self, cursor: Any) -> None: ...
-
-    async def ensure_owned(self) -> None: ...
 
 
 class _Fenced:
@@ -83,10 +88,10 @@ class _Fenced:
         if owner is not None:
             owner.refuse_if_lost()
             return owner.check_owned
-        sql = self.steward_db.raw.sql(_OWNED)
+        sql, worker = self.steward_db.raw.sql(_OWNED), configurable.get(WORKER)
 
-        def check(cursor: Any) -> None:
-            if fetch_one(cursor, sql, (run_id, epoch)) is None:
+        def check(cursor: Any) -> None:  # a run given back (no worker) is no execution's any more
+            if fetch_one(cursor, sql, (run_id, epoch, worker)) is None:
                 raise ExecutionFenced(f"run {run_id} is no longer owned by execution {epoch}; its {what} is refused")
 
         return check
@@ -153,6 +158,18 @@ class _FencedPostgres(_Fenced):
         await super().aput_writes(config, writes, task_id, task_path)  # type: ignore[misc]
 
 
+async def _expect_sqlite_tables(connection: Any) -> None:
+    """Steward writes LangGraph's rows itself (see :class:`_FencedSqlite`): refuse to start on tables of
+    another shape (a LangGraph release that changed them) rather than fail at the first checkpoint."""
+    for table, columns in _SQLITE_COLUMNS.items():
+        async with connection.execute(f"PRAGMA table_info({table})") as cursor:
+            found = {row[1] for row in await cursor.fetchall()}
+        if not columns <= found:
+            raise WorkflowDefinitionError(
+                f"LangGraph's SQLite table {table!r} lacks column(s) {sorted(columns - found)}: this Steward writes "
+                "checkpoints as langgraph-checkpoint-sqlite 3.1.2 lays them out; install that release")
+
+
 @contextmanager
 def owned_by(saver: Any, run_id: str, owner: Owner) -> Iterator[None]:
     """While inside, ``saver`` asks ``owner`` whether writes of its epoch of ``run_id`` may land."""
@@ -181,6 +198,7 @@ async def open_checkpointer(db: Database, *, pool_size: int = 10) -> AsyncIterat
         async with aiosqlite.connect(db.sqlite_path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000) as connection:
             saver = FencedSqliteSaver(connection)
             await saver.setup()
+            await _expect_sqlite_tables(connection)
             yield saver
         return
 

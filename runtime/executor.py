@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from runtime import audit, store
 from runtime.approval import ApprovalNeed, ApprovalPort
-from runtime.checkpoint import EPOCH, owned_by
+from runtime.checkpoint import EPOCH, WORKER, owned_by
 from runtime.connectors.base import Connector
 from runtime.context import StepContext
 from runtime.db import Database, is_transient, raw_cursor
@@ -314,7 +314,7 @@ class Executor:
         except WorkflowNotFound as exc:
             return await self._park(run, journal, exc)
         graph = self._graph(wf)
-        config = {"configurable": {"thread_id": run.id, EPOCH: journal.epoch}}
+        config = {"configurable": {"thread_id": run.id, EPOCH: journal.epoch, WORKER: run.worker_id}}
         attrs = {"steward.run_id": run.id, "steward.workflow": run.workflow, "steward.version": run.version}
         spans: dict[str, trace.Span] = {}
         with tracer().start_as_current_span("steward.run", context=run_parent(run.trace_id), attributes=attrs) as run_span:

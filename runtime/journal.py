@@ -14,6 +14,7 @@ directly (see :class:`runtime.db.RawSql`).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, NamedTuple
@@ -67,6 +68,7 @@ class Journal:
         self.recorded = recorded
         self.lease_seconds = lease_seconds
         self.stopping: ExecutionStopped | None = None
+        self._stop_lock = threading.Lock()
         self.on_stop: Callable[[ExecutionStopped], None] | None = None
         self._raw = db.raw
         self._open = dict(open_steps)  # task id -> node: began in an earlier execution, end never written
@@ -118,12 +120,15 @@ class Journal:
                                    recovered=True)
 
     def stop(self, reason: ExecutionStopped) -> None:
-        """Make every later call of this execution raise ``reason`` (the first reason wins), and tell
-        ``on_stop`` (the executor stops the graph at its next superstep boundary)."""
-        if self.stopping is None:
+        """Make every later call of this execution raise ``reason`` (the first reason wins, also when a
+        transaction's thread and the event loop stop it at once), and tell ``on_stop`` (the executor stops
+        the graph at its next superstep boundary; ``RunControl.request_drain`` is thread-safe)."""
+        with self._stop_lock:
+            if self.stopping is not None:
+                return
             self.stopping = reason
-            if self.on_stop is not None:
-                self.on_stop(reason)
+        if self.on_stop is not None:
+            self.on_stop(reason)
 
     def end(self) -> None:
         """The execution is over: whatever still holds the gate or the saver (a task LangGraph left
@@ -149,13 +154,9 @@ class Journal:
         transaction: raise :class:`ExecutionFenced` unless this execution still owns the run. One read
         of the run's row every time: no clock can tell that nobody took the run over meanwhile (a
         paused VM's clocks stand still while its lease runs out)."""
+        self.refuse_if_lost()  # again: the execution may have learnt it meanwhile (the write waited its turn)
         raw = self._raw
         self._fenced(fetch_one(cursor, raw.sql(_OWNED), (self.run.id, self.epoch, self.run.worker_id)))
-
-    async def ensure_owned(self) -> None:
-        """:meth:`check_owned` on a reader, before a write on another connection."""
-        self.refuse_if_lost()
-        await self.db.read_cursor(self.check_owned)
 
     def record_call(self, row: dict[str, Any], response_json: str) -> CursorOp:
         """The statement that records a call; pass it to :meth:`commit`, which remembers the call

@@ -124,3 +124,20 @@ async def test_a_write_of_an_execution_that_does_not_own_the_run_is_refused_and_
     finally:
         await db.dispose()
     assert rows(str(path)) == {"checkpoints": [], "writes": []}
+
+
+async def test_start_up_refuses_langgraph_tables_of_another_shape(tmp_path, monkeypatch) -> None:
+    """Steward writes LangGraph's rows itself: a LangGraph release that laid its tables out otherwise is
+    refused at start-up, naming the column, instead of failing the first checkpoint of a run."""
+    from runtime import checkpoint
+    from runtime.errors import WorkflowDefinitionError
+
+    monkeypatch.setitem(checkpoint._SQLITE_COLUMNS, "writes", {*checkpoint._SQLITE_COLUMNS["writes"], "task_kind"})
+    db = Database(f"sqlite:///{tmp_path}/s.db")
+    db.upgrade()
+    try:
+        with pytest.raises(WorkflowDefinitionError, match="'writes' lacks column.*task_kind"):
+            async with open_checkpointer(db):
+                pass
+    finally:
+        await db.dispose()
