@@ -119,13 +119,7 @@ class _FencedSqlite(_Fenced):
                                          ensure_ascii=False).encode("utf-8", "ignore")
         row = (str(thread_id), checkpoint_ns, checkpoint["id"], configurable.get("checkpoint_id"), type_, serialized,
                serialized_metadata)
-
-        def write(cursor: Any) -> None:
-            if check is not None:
-                check(cursor)
-            cursor.execute(_PUT_CHECKPOINT, row)
-
-        await self.steward_db.run_cursor(write, synced=True)
+        await self._steward_write(check, _PUT_CHECKPOINT, [row])
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns,
                                  "checkpoint_id": checkpoint["id"]}}
 
@@ -139,11 +133,15 @@ class _FencedSqlite(_Fenced):
                  str(configurable["checkpoint_id"]), task_id, task_path, WRITES_IDX_MAP.get(channel, idx), channel,
                  *self.serde.dumps_typed(value))  # type: ignore[attr-defined]
                 for idx, (channel, value) in enumerate(writes)]
+        await self._steward_write(check, query, rows)
+
+    async def _steward_write(self, check: Callable[[Any], None] | None, statement: str, rows: list[tuple]) -> None:
+        """One transaction on Steward's writer, synced as LangGraph's saver commits: the check, then the rows."""
 
         def write(cursor: Any) -> None:
             if check is not None:
                 check(cursor)
-            cursor.executemany(query, rows)
+            cursor.executemany(statement, rows)
 
         await self.steward_db.run_cursor(write, synced=True)
 

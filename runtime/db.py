@@ -363,8 +363,7 @@ class Database:
     async def run_cursor(self, fn: Callable[[Any], T], *, synced: bool = False) -> T:
         """Run ``fn(cursor)`` as one transaction with the driver's cursor; statements via :attr:`raw`
         (``synced``: see :meth:`cursor_transaction`)."""
-        transaction = functools.partial(self.cursor_transaction, synced=True) if synced else self.cursor_transaction
-        return await self._dispatch(self._writer, transaction, fn)
+        return await self._dispatch(self._writer, functools.partial(self.cursor_transaction, synced=synced), fn)
 
     async def _dispatch(self, threads: Threads | None, transaction: Callable[[Callable[[Any], T]], T],
                         fn: Callable[[Any], T]) -> T:
