@@ -5,33 +5,42 @@ Mounted by the composition root (``STEWARD_ROUTERS`` names ``approvals.api:route
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
 from approvals import service
 from approvals.models import ApprovalStatus
-from approvals.schemas import ApprovalPublic, DecisionCreate
+from approvals.schemas import ApprovalPage, ApprovalPublic, DecisionCreate
 from approvals.store import get_approval as get_one
 from approvals.store import list_approvals as list_some
 from runtime.api.deps import StewardDep, UserDep
 from runtime.api.problems import errors
-from runtime.api.responses import encode_list, json_body
+from runtime.api.paging import CursorQuery, Pages
+from runtime.api.responses import json_body
 
 router = APIRouter(prefix="/approvals", tags=["approvals"])
 
 
-@router.get("", response_model=list[ApprovalPublic], operation_id="approvals-list", responses=errors(401),
-            summary="Approval requests, oldest first")
+PAGES = Pages("approvals", ApprovalPublic, ApprovalPage, key=lambda approval: [approval.created_at, approval.id],
+              key_types=[datetime, str])
+
+
+@router.get("", response_model=ApprovalPage, operation_id="approvals-list", responses=errors(401),
+            summary="Approval requests, oldest first, a page at a time")
 async def list_approvals(
     steward: StewardDep,
     _: UserDep,
     status: ApprovalStatus | None = None,
-    run_id: str | None = None,
+    run_id: Annotated[str | None, Query(max_length=32)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, CursorQuery] = None,
 ) -> Response:
-    body = await steward.db.run(lambda s: encode_list(
-        ApprovalPublic, list_some(session=s, status=status, run_id=run_id, limit=limit)), read_only=True)
+    after = PAGES.start(cursor, status=status, run_id=run_id)
+    body = await steward.db.run(lambda s: PAGES.encode(list_some(
+        session=s, status=status, run_id=run_id, limit=limit + 1, after=after), limit, status=status, run_id=run_id),
+        read_only=True)
     return json_body(body)
 
 

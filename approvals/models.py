@@ -11,7 +11,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column
+from sqlalchemy import JSON, Column, Index
 from sqlmodel import Field, SQLModel
 
 from runtime.models import UTCDateTime, new_id, utcnow
@@ -28,6 +28,10 @@ class ApprovalRequest(SQLModel, table=True):
     """A paused action waiting for a person: the exact action and arguments, bound by hash."""
 
     __tablename__ = "approval_requests"
+    __table_args__ = (  # the inbox pages oldest first by (created_at, id), with or without a status
+        Index("ix_approval_requests_created_at", "created_at", "id"),
+        Index("ix_approval_requests_status_created_at", "status", "created_at", "id"),
+    )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
     run_id: str = Field(foreign_key="runs.id", index=True, max_length=32)
@@ -40,7 +44,7 @@ class ApprovalRequest(SQLModel, table=True):
     arguments_hash: str = Field(max_length=64)
     reason: str = Field(default="", max_length=2000)
     requested_by: str = Field(max_length=200)
-    status: ApprovalStatus = Field(default=ApprovalStatus.pending, index=True, max_length=20)
+    status: ApprovalStatus = Field(default=ApprovalStatus.pending, max_length=20)
     decided_by: str | None = Field(default=None, max_length=200)
     comment: str | None = Field(default=None, max_length=4000)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

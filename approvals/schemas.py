@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from approvals.models import ApprovalStatus
+from runtime.api.paging import Page
 
 
 class ApprovalPublic(BaseModel):
@@ -28,6 +29,10 @@ class ApprovalPublic(BaseModel):
     comment: str | None
     created_at: datetime
     decided_at: datetime | None
+
+
+class ApprovalPage(Page[ApprovalPublic]):
+    """A page of approval requests, oldest first."""
 
 
 class DecisionCreate(BaseModel):

@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.orm import Session
 
 from approvals.models import ApprovalRequest, ApprovalStatus
 from runtime.approval import ApprovalDecision, ApprovalNeed
+from runtime.db import json_rows
 from runtime.errors import ApprovalNotFound
 
 DECIDED = (ApprovalStatus.approved, ApprovalStatus.rejected)
@@ -25,9 +27,14 @@ def get_approval(*, session: Session, approval_id: str) -> ApprovalRequest:
 
 
 def list_approvals(
-    *, session: Session, status: ApprovalStatus | None = None, run_id: str | None = None, limit: int = 100
+    *, session: Session, status: ApprovalStatus | None = None, run_id: str | None = None, limit: int = 100,
+    after: Sequence[Any] | None = None,
 ) -> Sequence[ApprovalRequest]:
-    query = select(ApprovalRequest).order_by(ApprovalRequest.created_at).limit(limit)
+    """Approval requests oldest first, by ``(created_at, id)``; with ``after``, only those after that key
+    (keyset paging, see ``runtime.api.paging``)."""
+    query = select(ApprovalRequest).order_by(ApprovalRequest.created_at, ApprovalRequest.id).limit(limit)
+    if after is not None:
+        query = query.where(tuple_(ApprovalRequest.created_at, ApprovalRequest.id) > tuple(after))
     if status is not None:
         query = query.where(ApprovalRequest.status == status)
     if run_id is not None:
@@ -86,6 +93,11 @@ class SqlApprovals:
 
     def pending_ids(self, session: Session, *, run_id: str) -> list[str]:
         return [a.id for a in list_approvals(session=session, run_id=run_id, status=ApprovalStatus.pending)]
+
+    def pending_column(self, run_id: Any, *, postgres: bool) -> Any:
+        return (select(json_rows(postgres=postgres, created_at=ApprovalRequest.created_at, id=ApprovalRequest.id))
+                .where(ApprovalRequest.run_id == run_id, ApprovalRequest.status == ApprovalStatus.pending)
+                .scalar_subquery())
 
 
 PORT = SqlApprovals()

@@ -143,7 +143,7 @@ def phase_runs(base: str, db_path: Path, runs: int) -> dict[str, Any]:
         while finished_runs(db_path) < runs:
             time.sleep(0.25)
         ended = time.monotonic()
-        succeeded = len(client.get("/api/v1/runs", params={"status": "succeeded", "limit": 1000}).json())
+        succeeded = len(client.get("/api/v1/runs", params={"status": "succeeded", "limit": 1000}).json()["data"])
     return {"window": (started, ended), "runs": runs, "succeeded": succeeded,
             "submit_seconds": round(submitted - started, 2), "seconds": round(ended - started, 2)}
 

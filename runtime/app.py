@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from runtime import store
 from runtime.api import audit_routes, problems, runs, workflows
-from runtime.api.deps import reject_unknown_query
+from runtime.api.deps import TokenCache, reject_unknown_query
 from runtime.connectors import Connector
 from runtime.errors import DatabaseUnavailable
 from runtime.sandbox import create_sandbox_app
@@ -60,6 +60,8 @@ def create_app(
                 await seed_demo_tokens(steward)
             if start_executor:
                 await steward.executor.start()
+            if not steward.db.is_sqlite:  # changes committed by workers in other processes
+                steward.changes.start_listening(steward.db.libpq_url)
             # What start-up built (modules, the app, the workflows) lives as long as the server: keep it
             # out of the collector's full passes, each of which would otherwise stop every thread, the
             # event loop's too, for as long as walking it takes (~100 ms, see bench/healthz.py).
@@ -78,6 +80,7 @@ def create_app(
     )
 
     problems.install(app)
+    app.state.tokens = TokenCache(seconds=settings.token_cache_seconds)
 
     @app.get("/healthz", tags=["health"], operation_id="health-live", summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:

@@ -76,3 +76,9 @@ class ApprovalPort(Protocol):
     def pending_ids(self, session: Session, *, run_id: str) -> list[str]:
         """The ids of a run's undecided requests, oldest first."""
         ...
+
+    def pending_column(self, run_id: Any, *, postgres: bool) -> Any:
+        """A SQL expression correlated to the column ``run_id``: the run's undecided requests as a JSON
+        array of ``[created_at, id]`` (any order; see :func:`runtime.db.json_rows`), so that a run is read
+        in one query."""
+        ...

@@ -24,7 +24,8 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from runtime.db import RawSql, raw_cursor, raw_sql
+from runtime import changes
+from runtime.db import RawSql, raw_cursor, raw_sql, touch_runs
 from runtime.models import AuditEvent, AuditHead, utcnow
 from runtime.telemetry import current_trace_id
 
@@ -83,6 +84,8 @@ _BUMP = "UPDATE audit_head SET seq = seq + ? WHERE id = 1 RETURNING seq, hash"
 _INSERT = ("INSERT INTO audit_events (seq, created_at, actor, kind, run_id, workflow, version, trace_id, data,"
            " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, {json}, ?, ?)")
 _SET_HEAD = "UPDATE audit_head SET hash = ? WHERE id = 1"
+# PostgreSQL: the same, and tell listeners which runs changed (see runtime.changes), in one round trip.
+_SET_HEAD_NOTIFY = "UPDATE audit_head SET hash = ? WHERE id = 1 RETURNING pg_notify(?, ?)"
 
 
 def pending_event(
@@ -126,7 +129,12 @@ def write_events(cursor: Any, raw: RawSql, events: list[dict[str, Any]]) -> list
         (r["seq"], r["created_at"], r["actor"], r["kind"], r["run_id"], r["workflow"], r["version"], r["trace_id"],
          raw.json(r["data"]), r["prev_hash"], r["hash"]) for r in rows
     ])
-    cursor.execute(raw.sql(_SET_HEAD), (prev_hash,))
+    runs = sorted({r["run_id"] for r in rows if r["run_id"]})
+    if runs and raw.postgres:  # sent when the transaction commits, to every process listening
+        cursor.execute(raw.sql(_SET_HEAD_NOTIFY), (prev_hash, changes.CHANNEL, changes.payload(runs)))
+    else:
+        cursor.execute(raw.sql(_SET_HEAD), (prev_hash,))
+    touch_runs(runs)
     return rows
 
 

@@ -42,7 +42,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -203,6 +203,64 @@ def raw_sql(*, postgres: bool) -> RawSql:
     return RawSql(postgres=postgres)
 
 
+def json_rows(*, postgres: bool, **columns: Any) -> Any:
+    """An aggregate of the selected rows as one JSON array of objects (``{name: column}``): SQLite's
+    ``json_group_array(json_object(...))`` or PostgreSQL's ``json_agg(json_build_object(...))``. A JSON
+    column is embedded as JSON; times come back as the database writes them (ISO 8601, in any order:
+    sort after parsing). Read it back with :func:`parse_json_rows`."""
+    from sqlalchemy import JSON, func
+
+    pairs: list[Any] = []
+    for name, column in columns.items():
+        is_json = isinstance(getattr(column, "type", None), JSON)
+        pairs += [name, func.json(column) if is_json and not postgres else column]
+    if postgres:
+        return func.json_agg(func.json_build_object(*pairs))
+    return func.json_group_array(func.json_object(*pairs))
+
+
+def parse_json_rows(value: Any) -> list[dict[str, Any]]:
+    """What a :func:`json_rows` aggregate read back: SQLite answers text, PostgreSQL parsed JSON or NULL."""
+    if value is None:
+        return []
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """A time a :func:`json_rows` aggregate returned (naive UTC, ISO 8601) as an aware UTC datetime."""
+    if value is None:
+        return None
+    return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+
+
+_touched = threading.local()  # the runs the transaction running on this thread changed
+
+
+def touch_runs(run_ids: Iterable[str]) -> None:
+    """Note, inside a write transaction, that it changes ``run_ids``; once it commits, the database's
+    ``on_commit`` hears of them (the audit writer calls this for every event of a run)."""
+    runs = getattr(_touched, "runs", None)
+    if runs is not None:
+        runs.update(run_ids)
+
+
+@contextlib.contextmanager
+def _tracking_touched(on_commit: Callable[[set[str]], None] | None) -> Any:
+    """Around one transaction attempt: collect the runs it touches; after the block (the commit)
+    returns, tell ``on_commit``. An attempt that raises tells nobody."""
+    outer = getattr(_touched, "runs", None)
+    _touched.runs = runs = set()
+    try:
+        yield
+    finally:
+        _touched.runs = outer
+    if runs and on_commit is not None:
+        try:
+            on_commit(runs)
+        except Exception:  # noqa: BLE001 - the transaction committed; a listener's failure is not its failure
+            log.exception("on_commit listener failed")
+
+
 def raw_cursor(session: Session) -> Any:
     """The DBAPI cursor of the session's connection, inside the session's transaction."""
     return session.connection().connection.driver_connection.cursor()
@@ -243,6 +301,8 @@ class Database:
                                                             postgresql_readonly=True)
             self._writer = self._readers = None  # the loop's default thread pool
         self.raw = raw_sql(postgres=not self.is_sqlite)
+        # Told, in the transaction's thread, which runs each committed transaction changed (see touch_runs).
+        self.on_commit: Callable[[set[str]], None] | None = None
 
     # Transactions that lose a race or a connection (or meet a locked SQLite file) are run again,
     # this many times in all.
@@ -279,10 +339,10 @@ class Database:
         bind = self._read_bind if read_only else self._writer_connection() or self.engine
 
         def attempt() -> T:
-            with Session(bind, expire_on_commit=False) as session:
+            with _tracking_touched(self.on_commit), Session(bind, expire_on_commit=False) as session:
                 result = fn(session)
                 _commit(session.commit)
-                return result
+            return result
 
         return self._retrying(attempt)
 
@@ -300,7 +360,12 @@ class Database:
         ``synced``: on SQLite, the commit is written through to the disk (``synchronous=FULL``, what
         LangGraph's own SQLite saver commits with) rather than only to the operating system; a
         process kill keeps either, a power loss only the synced one."""
-        return self._retrying(lambda: self._cursor_attempt(fn, synced=synced))
+        def attempt() -> T:
+            with _tracking_touched(self.on_commit):
+                result = self._cursor_attempt(fn, synced=synced)
+            return result
+
+        return self._retrying(attempt)
 
     def _writer_connection(self) -> Connection | None:
         """On SQLite's writer thread, its one connection (opened on first use); None on any other thread.

@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, TypeDecorator
+from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator
 from sqlmodel import Field, SQLModel
 
 
@@ -73,11 +73,16 @@ FINISHED = {RunStatus.succeeded, RunStatus.failed, RunStatus.rejected, RunStatus
 
 class Run(SQLModel, table=True):
     __tablename__ = "runs"
+    __table_args__ = (  # lists page newest first by (created_at, id), with or without a filter
+        Index("ix_runs_created_at", "created_at", "id"),
+        Index("ix_runs_status_created_at", "status", "created_at", "id"),
+        Index("ix_runs_workflow_created_at", "workflow", "created_at", "id"),
+    )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
-    workflow: str = Field(index=True, max_length=100)
+    workflow: str = Field(max_length=100)
     version: str = Field(max_length=50)
-    status: RunStatus = Field(default=RunStatus.queued, index=True, max_length=20)
+    status: RunStatus = Field(default=RunStatus.queued, max_length=20)
     input: dict[str, Any] = _json(dict)
     output: dict[str, Any] | None = _json()
     error: dict[str, Any] | None = _json()
@@ -150,12 +155,13 @@ class AuditEvent(SQLModel, table=True):
     """One hash-chained audit event. Rows are only ever appended."""
 
     __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_run_id_seq", "run_id", "seq"),)
 
     seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     created_at: str = Field(max_length=40)
     actor: str = Field(max_length=200)
     kind: str = Field(max_length=100)
-    run_id: str | None = Field(default=None, index=True, max_length=32)
+    run_id: str | None = Field(default=None, max_length=32)
     workflow: str | None = Field(default=None, max_length=100)
     version: str | None = Field(default=None, max_length=50)
     trace_id: str | None = Field(default=None, max_length=32)

@@ -19,6 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, pool
 
 from runtime.approval import ApprovalPort
+from runtime.changes import RunChanges
 from runtime.checkpoint import open_checkpointer
 from runtime.connectors import Connector, CrmConnector, PricingConnector, RetryPolicy
 from runtime.db import MIGRATIONS, Database
@@ -41,6 +42,7 @@ class Steward:
     db: Database
     registry: Registry
     executor: Executor
+    changes: RunChanges
 
 
 def build_connectors(
@@ -89,6 +91,9 @@ async def open_steward(
     setup_tracing()
     registry = registry if registry is not None else load_registry(settings.workflows)
     db = Database(settings.database_url)
+    changes = RunChanges()
+    changes.bind(asyncio.get_running_loop())
+    db.on_commit = changes.changed
     try:
         # Migrating and checking the schema are synchronous database work: in a thread, like the rest.
         await asyncio.to_thread(db.upgrade if db.is_sqlite else functools.partial(check_migrated, db))
@@ -107,9 +112,10 @@ async def open_steward(
                 poll_seconds=settings.executor_poll_seconds,
             )
             try:
-                yield Steward(settings=settings, db=db, registry=registry, executor=executor)
+                yield Steward(settings=settings, db=db, registry=registry, executor=executor, changes=changes)
             finally:
                 await executor.stop()
+                await changes.stop()
     finally:
         if owned:
             for connector in connectors.values():

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     retry_initial_wait_seconds: float = Field(0.2, ge=0)
     retry_max_wait_seconds: float = Field(30.0, ge=0, description="Cap on one backoff, Retry-After included")
 
+    token_cache_seconds: float = Field(1.0, ge=0, le=1.0, description=(
+        "How long the server remembers who a bearer token belongs to; a revoked token stops working "
+        "within this (at most a second)"))
+
     executor_concurrency: int = Field(8, ge=1)
     executor_poll_seconds: float = Field(1.0, gt=0)
     lease_seconds: float = Field(30.0, gt=0, description="A running run whose worker stops renewing is taken over after this")

@@ -15,6 +15,7 @@ from sqlalchemy import and_, bindparam, false, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from runtime.db import json_rows, parse_json_rows, parse_time
 from runtime.errors import RunNotFound, Unauthorized
 from runtime.journal import Recorded
 from runtime.models import (
@@ -48,14 +49,41 @@ def lock_run(*, session: Session, run_id: str) -> Run:
 
 
 def list_runs(
-    *, session: Session, status: RunStatus | None = None, workflow: str | None = None, limit: int = 100
+    *, session: Session, status: RunStatus | None = None, workflow: str | None = None, limit: int = 100,
+    before: Sequence[Any] | None = None,
 ) -> Sequence[Run]:
-    query = select(Run).order_by(Run.created_at.desc()).limit(limit)
+    """Runs newest first, by ``(created_at, id)``; with ``before``, only those after that key in this
+    order (keyset paging, see ``runtime.api.paging``). Each filter has an index in this order."""
+    query = select(Run).order_by(Run.created_at.desc(), Run.id.desc()).limit(limit)
+    if before is not None:
+        query = query.where(tuple_(Run.created_at, Run.id) < tuple(before))
     if status is not None:
         query = query.where(Run.status == status)
     if workflow is not None:
         query = query.where(Run.workflow == workflow)
     return session.scalars(query).all()
+
+
+def get_run_detail(*, session: Session, run_id: str, pending: Any) -> tuple[Run, list[dict[str, Any]], list[str]]:
+    """A run, its steps in the order they started and its undecided approval requests' ids, oldest
+    first, in one query; ``pending`` is the approval port's ``pending_column``."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    steps = (select(json_rows(postgres=postgres, node=RunStep.node, task_id=RunStep.task_id, status=RunStep.status,
+                              error=RunStep.error, started_at=RunStep.started_at, finished_at=RunStep.finished_at))
+             .where(RunStep.run_id == _RUNS.c.id).scalar_subquery())
+    query = select(*_RUNS.c, steps.label("steward_steps"), pending(_RUNS.c.id, postgres=postgres).label(
+        "steward_pending")).where(_RUNS.c.id == run_id)
+    row = session.connection().execute(query).first()
+    if row is None:
+        raise RunNotFound(f"no run with id {run_id!r}")
+    fields = dict(row._mapping)
+    step_rows, pending_rows = parse_json_rows(fields.pop("steward_steps")), parse_json_rows(fields.pop("steward_pending"))
+    for step in step_rows:
+        step["started_at"], step["finished_at"] = parse_time(step["started_at"]), parse_time(step["finished_at"])
+    step_rows.sort(key=lambda step: (step["started_at"], step["task_id"]))
+    ids = [approval_id for _, approval_id in sorted((parse_time(at), i) for at, i in
+                                                      ((p["created_at"], p["id"]) for p in pending_rows))]
+    return Run(**fields), step_rows, ids
 
 
 def find_run_by_idempotency_key(*, session: Session, key: str) -> Run | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import psycopg
@@ -199,3 +200,28 @@ def cli_env(database_url: str, sandbox_process: str, tmp_path) -> dict[str, str]
         "STEWARD_DEMO": "true",
         "OTEL_TRACES_EXPORTER": "none",
     }
+
+
+@pytest.fixture
+def live_server(settings: Settings, connectors) -> Iterator[Any]:
+    """The whole app served by uvicorn on a free port, in a thread of this process (responses stream for
+    real, unlike the in-process TestClient): ``live_server.url``, ``live_server.app``."""
+    import threading
+    import types
+
+    import uvicorn
+
+    from runtime.app import create_app
+
+    app = create_app(settings, connectors=connectors)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_for_http(f"{url}/healthz")
+    try:
+        yield types.SimpleNamespace(url=url, app=app, server=server)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -9,24 +9,32 @@ from fastapi import APIRouter, Query, Response
 from runtime import audit, store
 from runtime.api.deps import StewardDep, UserDep
 from runtime.api.problems import errors
-from runtime.api.responses import encode_list, json_body
-from runtime.api.schemas import AuditEventPublic
+from runtime.api.paging import CursorQuery, Pages
+from runtime.api.responses import json_body
+from runtime.api.schemas import AuditEventPublic, AuditPage
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 
 
-@router.get("", response_model=list[AuditEventPublic], operation_id="audit-list", responses=errors(401),
-            summary="Audit events in chain order")
+PAGES = Pages("audit", AuditEventPublic, AuditPage, key=lambda event: [event.seq], key_types=[int])
+
+
+@router.get("", response_model=AuditPage, operation_id="audit-list", responses=errors(401),
+            summary="Audit events in chain order, a page at a time")
 async def list_audit(
     steward: StewardDep,
     _: UserDep,
-    run_id: str | None = None,
-    after_seq: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+    run_id: Annotated[str | None, Query(max_length=32)] = None,
+    after_seq: Annotated[int, Query(ge=0, le=2**63 - 1, description="Start after this sequence number")] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    cursor: Annotated[str | None, CursorQuery] = None,
 ) -> Response:
-    """Page on with ``after_seq`` (the last ``seq`` you got)."""
-    body = await steward.db.run(lambda s: encode_list(
-        AuditEventPublic, store.list_audit(session=s, run_id=run_id, after_seq=after_seq, limit=limit)),
+    """Page on with ``cursor`` (each page's ``next_cursor``); ``after_seq`` starts the listing past a
+    sequence number you already hold (a follower resuming where it stopped)."""
+    after = PAGES.start(cursor, run_id=run_id, after_seq=after_seq)
+    start = after_seq if after is None else max(after_seq, after[0])
+    body = await steward.db.run(lambda s: PAGES.encode(store.list_audit(
+        session=s, run_id=run_id, after_seq=start, limit=limit + 1), limit, run_id=run_id, after_seq=after_seq),
         read_only=True)
     return json_body(body)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -19,14 +20,48 @@ def get_steward(request: Request) -> Steward:
     return request.app.state.steward
 
 
+class TokenCache:
+    """Who a bearer token belongs to, remembered for ``seconds`` (at most a second by default): a client
+    polling or following runs costs no query per request, and a revoked token stops working within
+    ``seconds``. Only successful lookups are kept, by the token's hash (never the token)."""
+
+    def __init__(self, *, seconds: float = 1.0, size: int = 10_000) -> None:
+        self.seconds = seconds
+        self.size = size
+        self._users: dict[str, tuple[str, float]] = {}
+
+    def get(self, digest: str) -> str | None:
+        hit = self._users.get(digest)
+        if hit is None:
+            return None
+        if hit[1] <= time.monotonic():
+            del self._users[digest]
+            return None
+        return hit[0]
+
+    def put(self, digest: str, user: str) -> None:
+        now = time.monotonic()
+        if len(self._users) >= self.size:  # drop what has expired, else everything: a bound, never a leak
+            self._users = {k: v for k, v in self._users.items() if v[1] > now}
+            if len(self._users) >= self.size:
+                self._users.clear()
+        self._users[digest] = (user, now + self.seconds)
+
+
 async def current_user(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> str:
     if credentials is None:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
-    steward = get_steward(request)
-    return await steward.db.run(lambda s: store.authenticate(session=s, plain=credentials.credentials),
-                                read_only=True)
+    cache: TokenCache = request.app.state.tokens
+    digest = store.hash_token(credentials.credentials)
+    user = cache.get(digest)
+    if user is None:
+        steward = get_steward(request)
+        user = await steward.db.run(lambda s: store.authenticate(session=s, plain=credentials.credentials),
+                                    read_only=True)
+        cache.put(digest, user)
+    return user
 
 
 def reject_unknown_query(request: Request) -> None:

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import datetime
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
 from runtime import store
 from runtime.api.deps import StewardDep, UserDep
 from runtime.api.problems import errors
-from runtime.api.responses import encode_list, json_body
-from runtime.api.schemas import RunCreate, RunDetail, RunPublic, StepPublic
-from runtime.models import RunStatus
+from runtime.api.paging import CursorQuery, Pages
+from runtime.api.responses import json_body
+from runtime.api.schemas import RunCreate, RunDetail, RunPage, RunPublic, StepPublic
+from runtime.models import FINISHED, RunStatus
 
 router = APIRouter(prefix="/runs", tags=["runs"])
+MAX_WAIT = 60.0
+HEARTBEAT_SECONDS = 15.0
+EVENTS_DOC = (
+    "A stream of Server-Sent Events: first the run as it stands (its steps, then `event: status`), then "
+    "`event: step` (a StepPublic) whenever a step starts or ends and `event: status` (a RunPublic) whenever "
+    "the status changes; the stream ends after the status that ends the run. A comment line is sent after "
+    "15 s of quiet. Reconnecting (`Last-Event-ID`) sends the run as it stands again; once it has ended, 204."
+)
 
 
 @router.post("", status_code=201, response_model=RunPublic, operation_id="runs-create", summary="Start a run",
@@ -38,41 +50,115 @@ async def create_run(
     return RunPublic.model_validate(run)
 
 
-@router.get("", response_model=list[RunPublic], operation_id="runs-list", responses=errors(401),
-            summary="List runs, newest first")
+PAGES = Pages("runs", RunPublic, RunPage, key=lambda run: [run.created_at, run.id], key_types=[datetime, str])
+
+
+@router.get("", response_model=RunPage, operation_id="runs-list", responses=errors(401),
+            summary="List runs, newest first, a page at a time")
 async def list_runs(
     steward: StewardDep,
     _: UserDep,
     status: RunStatus | None = None,
-    workflow: str | None = None,
+    workflow: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, CursorQuery] = None,
 ) -> Response:
-    body = await steward.db.run(lambda s: encode_list(
-        RunPublic, store.list_runs(session=s, status=status, workflow=workflow, limit=limit)), read_only=True)
+    before = PAGES.start(cursor, status=status, workflow=workflow)
+    body = await steward.db.run(lambda s: PAGES.encode(store.list_runs(
+        session=s, status=status, workflow=workflow, limit=limit + 1, before=before), limit,
+        status=status, workflow=workflow), read_only=True)
     return json_body(body)
 
 
 async def run_detail(steward: StewardDep, run_id: str) -> RunDetail:
-    def read(session: Session) -> tuple[Any, Any, list[str]]:
-        run = store.get_run(session=session, run_id=run_id)
-        steps = store.list_steps(session=session, run_id=run_id)
-        return run, steps, steward.executor.approvals.pending_ids(session, run_id=run_id)
-
-    run, steps, ids = await steward.db.run(read, read_only=True)
+    pending = steward.executor.approvals.pending_column
+    run, steps, ids = await steward.db.run(
+        lambda s: store.get_run_detail(session=s, run_id=run_id, pending=pending), read_only=True)
     return RunDetail.model_validate({
         **RunPublic.model_validate(run).model_dump(),
         "input": run.input,
         "output": run.output,
-        "steps": [StepPublic.model_validate(s) for s in steps],
+        "steps": steps,
         "pending_approval_id": ids[0] if ids else None,
         "pending_approval_ids": ids,
     })
 
 
 @router.get("/{run_id}", response_model=RunDetail, operation_id="runs-get", responses=errors(401, 404),
-            summary="One run with its steps and pending approval")
-async def get_run(run_id: str, steward: StewardDep, _: UserDep) -> RunDetail:
-    return await run_detail(steward, run_id)
+            summary="One run with its steps and pending approval; with `wait`, once its status changes")
+async def get_run(
+    run_id: str,
+    steward: StewardDep,
+    _: UserDep,
+    wait: Annotated[float | None, Query(gt=0, le=MAX_WAIT, description=(
+        "Long-poll: answer once the run's status is no longer `seen` (or it has ended), or after this "
+        "many seconds with the run as it stands"))] = None,
+    seen: Annotated[RunStatus | None, Query(description=(
+        "With `wait`: the status you last saw (default: the status when the request arrives)"))] = None,
+) -> RunDetail:
+    """Without ``wait``, the run now. With ``wait``, the first state after a change of status: a client
+    follows a run to its end with ``?wait=30&seen=<status it last saw>`` in a loop, no request wasted."""
+    if wait is None:
+        return await run_detail(steward, run_id)
+    deadline = asyncio.get_running_loop().time() + wait
+    with steward.changes.watch(run_id) as changed:
+        detail = await run_detail(steward, run_id)
+        baseline = seen or detail.status
+        while detail.status == baseline and detail.status not in FINISHED:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            changed.clear()  # a change committed after this is seen by the next read or sets it again
+            await steward.changes.wait(changed, timeout=left)  # or a fallback look, every second at most
+            detail = await run_detail(steward, run_id)
+    return detail
+
+
+@router.get("/{run_id}/events", operation_id="runs-events", response_class=StreamingResponse,
+            responses={200: {"description": EVENTS_DOC, "content": {"text/event-stream": {"schema": {
+                "type": "string"}}}}, 204: {"description": "The run had ended when the client reconnected"},
+                **errors(401, 404)},
+            summary="Follow a run: its status changes and steps as Server-Sent Events")
+async def run_events(run_id: str, request: Request, steward: StewardDep, _: UserDep) -> Response:
+    detail = await run_detail(steward, run_id)  # 404 before the stream starts
+    if request.headers.get("last-event-id") and detail.status in FINISHED:
+        return Response(status_code=204)  # an EventSource reconnecting after the end: stop it reconnecting
+    return StreamingResponse(_events(steward, run_id, detail), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+async def _events(steward: Any, run_id: str, detail: RunDetail) -> AsyncIterator[bytes]:
+    sent: dict[str, str] = {}  # task id -> the step as last sent
+    status: RunStatus | None = None
+    number = 0
+    loop = asyncio.get_running_loop()
+    yield b"retry: 1000\n\n"
+    with steward.changes.watch(run_id) as changed:
+        quiet_since = loop.time()
+        while True:
+            for step in detail.steps:
+                body = step.model_dump_json()
+                if sent.get(step.task_id) != body:
+                    sent[step.task_id] = body
+                    number += 1
+                    yield _event("step", number, body)
+            if detail.status != status:
+                status = detail.status
+                number += 1
+                yield _event("status", number, RunPublic.model_validate(detail.model_dump()).model_dump_json())
+                quiet_since = loop.time()
+            if status in FINISHED:
+                return
+            changed.clear()
+            if not await steward.changes.wait(changed, timeout=HEARTBEAT_SECONDS):
+                if loop.time() - quiet_since >= HEARTBEAT_SECONDS:
+                    yield b": keep-alive\n\n"  # proxies close idle streams; a comment line is ignored
+                    quiet_since = loop.time()
+            detail = await run_detail(steward, run_id)
+
+
+def _event(kind: str, number: int, data: str) -> bytes:
+    return f"id: {number}\nevent: {kind}\ndata: {data}\n\n".encode()
 
 
 @router.post("/{run_id}/cancel", response_model=RunDetail, operation_id="runs-cancel",

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from runtime.api.paging import Page
 from runtime.models import RunStatus, StepStatus
 from runtime.sdk import SEMVER
 
@@ -52,6 +53,10 @@ class RunPublic(BaseModel):
     error: dict[str, Any] | None
 
 
+class RunPage(Page[RunPublic]):
+    """A page of runs, newest first."""
+
+
 class RunDetail(RunPublic):
     input: dict[str, Any]
     output: dict[str, Any] | None
@@ -74,6 +79,10 @@ class AuditEventPublic(BaseModel):
     data: dict[str, Any]
     prev_hash: str
     hash: str
+
+
+class AuditPage(Page[AuditEventPublic]):
+    """A page of audit events in chain order."""
 
 
 class OwnerPublic(BaseModel):

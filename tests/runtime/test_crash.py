@@ -48,19 +48,19 @@ def test_killed_worker_run_is_finished_by_a_restarted_server_without_duplicate_w
         auth = {"Authorization": "Bearer steward-demo-operator"}
         deadline = time.monotonic() + 60
         while True:
-            [run] = httpx.get(f"{base}/api/v1/runs", headers=auth).json()
+            [run] = httpx.get(f"{base}/api/v1/runs", headers=auth).json()["data"]
             if run["status"] not in ("queued", "running") or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
         assert run["status"] == "succeeded", (run, (tmp_path / "server.log").read_text()[-3000:])
         detail = httpx.get(f"{base}/api/v1/runs/{run['id']}", headers=auth).json()
         assert detail["output"] == {"first": "111.00", "second": "122.00"}
-        trail = httpx.get(f"{base}/api/v1/audit", params={"run_id": run["id"]}, headers=auth).json()
+        trail = httpx.get(f"{base}/api/v1/audit", params={"run_id": run["id"]}, headers=auth).json()["data"]
         kinds = [e["kind"] for e in trail]
         assert kinds.count("run.started") == 1 and kinds.count("run.resumed") == 1
         assert kinds.count("connector.call") == 2 and kinds.count("connector.replayed") == 1
         assert httpx.get(f"{base}/api/v1/audit/verify", headers=auth).json() == {
-            "ok": True, "events": len(httpx.get(f"{base}/api/v1/audit", headers=auth).json()), "broken_seq": None,
+            "ok": True, "events": len(httpx.get(f"{base}/api/v1/audit", headers=auth).json()["data"]), "broken_seq": None,
             "reason": None}
     finally:
         server.terminate()

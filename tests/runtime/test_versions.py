@@ -325,7 +325,7 @@ def test_the_api_pins_a_named_version_and_refuses_unknown_or_malformed_ones(clie
     created = post(version="1.0.0")
     assert created.status_code == 201
     assert created.json()["version"] == "1.0.0" and created.json()["status_reason"] is None
-    before = len(client.get("/api/v1/runs", headers=client.operator).json())
+    before = len(client.get("/api/v1/runs", headers=client.operator).json()["data"])
 
     unknown = post(version="9.9.9")
     assert unknown.status_code == 404
@@ -334,7 +334,7 @@ def test_the_api_pins_a_named_version_and_refuses_unknown_or_malformed_ones(clie
     malformed = post(version="latest")
     assert malformed.status_code == 422
     assert [d["loc"] for d in malformed.json()["errors"]] == [["body", "version"]]
-    assert len(client.get("/api/v1/runs", headers=client.operator).json()) == before, "nothing stored"
+    assert len(client.get("/api/v1/runs", headers=client.operator).json()["data"]) == before, "nothing stored"
     shown = client.get(f"/api/v1/runs/{created.json()['id']}", headers=client.operator).json()
     assert "status_reason" in shown
 

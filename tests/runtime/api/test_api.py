@@ -22,8 +22,8 @@ def settle(client, run_id: str, until: set[str]) -> dict[str, Any]:
 
 
 def counts(client) -> tuple[int, int]:
-    runs = client.get("/api/v1/runs", headers=client.operator).json()
-    events = client.get("/api/v1/audit", headers=client.operator).json()
+    runs = client.get("/api/v1/runs", headers=client.operator).json()["data"]
+    events = client.get("/api/v1/audit", headers=client.operator).json()["data"]
     return len(runs), len(events)
 
 
@@ -36,7 +36,7 @@ def test_price_change_flow_through_the_api(client, sandbox) -> None:
     run = settle(client, run["id"], {"waiting_approval", "failed"})
     assert run["status"] == "waiting_approval"
     assert [s["node"] for s in run["steps"]] == ["read_prices", "apply_prices"]
-    pending = client.get("/api/v1/approvals", params={"status": "pending"}, headers=client.approver).json()
+    pending = client.get("/api/v1/approvals", params={"status": "pending"}, headers=client.approver).json()["data"]
     assert [a["id"] for a in pending] == [run["pending_approval_id"]]
     assert pending[0]["run_id"] == run["id"]
     assert pending[0]["action"] == "pricing.change_prices"
@@ -52,7 +52,7 @@ def test_price_change_flow_through_the_api(client, sandbox) -> None:
     assert run["status"] == "succeeded"
     assert sandbox.state.sandbox.prices[("SKU-1001", "EUR")]["amount"] == "115.00"
 
-    trail = client.get("/api/v1/audit", params={"run_id": run["id"]}, headers=client.operator).json()
+    trail = client.get("/api/v1/audit", params={"run_id": run["id"]}, headers=client.operator).json()["data"]
     assert trail[0]["kind"] == "run.created" and trail[-1]["kind"] == "run.succeeded"
     assert {e["trace_id"] for e in trail} == {run["trace_id"]}, "one run, one trace"
     assert client.get("/api/v1/audit/verify", headers=client.operator).json()["ok"] is True

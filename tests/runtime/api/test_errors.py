@@ -106,7 +106,8 @@ def test_a_sequence_number_beyond_64_bits_is_a_field_error_not_a_500(app_client)
     answer = app_client.get("/api/v1/audit", params={"after_seq": 2**63}, headers=OPERATOR)
     body = assert_problem(answer, 422, "input_invalid")
     assert body["errors"][0]["loc"] == ["query", "after_seq"]
-    assert app_client.get("/api/v1/audit", params={"after_seq": 2**63 - 1}, headers=OPERATOR).json() == []
+    assert app_client.get("/api/v1/audit", params={"after_seq": 2**63 - 1}, headers=OPERATOR).json() == {
+        "data": [], "next_cursor": None}
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
