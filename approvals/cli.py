@@ -1,9 +1,10 @@
-"""``steward approvals …``: list and decide approval requests from the command line.
+"""``steward approvals …``: list, read and decide approval requests, through the server.
 
-Mounted by ``runtime.cli`` from its list of command groups (``approvals.cli:app``).
+Mounted by ``runtime.cli`` from its list of command groups (``approvals.cli:app``). A decision is
+made with the caller's token, so the approver recorded is the token's user.
 
     steward approvals list
-    steward approvals decide 4f1c… approve --as pricing.manager --comment "margin ok"
+    steward approvals decide 4f1c… approve --comment "margin ok"
 """
 
 from __future__ import annotations
@@ -13,46 +14,65 @@ from typing import Annotated, Any
 
 import typer
 
-from approvals import service
-from approvals.models import ApprovalStatus
-from approvals.store import list_approvals
-from runtime.cli import DEFAULT_USER, AsUser, drive_and_show, emit, fail, with_steward
-from runtime.service import Steward
+from approvals.states import ApprovalStatus
+from runtime.cli import Output, OutputOption, Timeout, call, emit_fields, emit_json, fail, follow, show_run
 
-app = typer.Typer(name="approvals", help="List and decide approval requests.", no_args_is_help=True)
+app = typer.Typer(name="approvals", help="List and decide approval requests (through the server).",
+                  no_args_is_help=True)
 
 
 @app.command("list")
 def approvals_list(
     status: Annotated[ApprovalStatus | None, typer.Option(help="Default: pending")] = ApprovalStatus.pending,
+    run_id: Annotated[str | None, typer.Option(help="Only this run's requests")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="At most this many (pages are followed)")] = 100,
+    output: OutputOption = Output.text,
 ) -> None:
-    """Approval requests: id, run, action, reason."""
+    """Approval requests, oldest first: id, run, action, reason and the arguments to decide on."""
+    approvals = call(lambda api: list(api.pages("/api/v1/approvals", limit=limit,
+                                                status=status and status.value, run_id=run_id)))
+    if output is Output.json:
+        emit_json(approvals)
+        return
+    for a in approvals:
+        typer.echo(f"{a['id']}  run {a['run_id']}  {a['status']:<9} {a['action']}  {a['reason']}")
+        typer.echo(f"    arguments: {json.dumps(a['arguments'], ensure_ascii=False)}")
 
-    async def go(steward: Steward) -> list[Any]:
-        return list(await steward.db.run(lambda s: list_approvals(session=s, status=status)))
 
-    for a in with_steward(go):
-        typer.echo(f"{a.id}  run {a.run_id}  {a.status.value:<9} {a.action}  {a.reason}")
-        typer.echo(f"    arguments: {json.dumps(a.arguments, ensure_ascii=False)}")
+@app.command("show")
+def approvals_show(approval_id: str, output: OutputOption = Output.text) -> None:
+    """One approval request."""
+    approval = call(lambda api: api.get(f"/api/v1/approvals/{approval_id}"))
+    if output is Output.json:
+        emit_json(approval)
+        return
+    emit_fields(approval, ["id", "run_id", "workflow", "version", "node", "action", "reason", "arguments",
+                           "arguments_hash", "requested_by", "status", "decided_by", "comment", "created_at",
+                           "decided_at"])
 
 
 @app.command("decide")
 def approvals_decide(
     approval_id: str,
     decision: Annotated[str, typer.Argument(help="approve or reject")],
-    actor: AsUser = DEFAULT_USER,
     comment: Annotated[str, typer.Option(help="Why")] = "",
-    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Resume the run here")] = True,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the run until it pauses or ends")] = True,
+    timeout: Timeout = 600.0,
+    output: OutputOption = Output.json,
 ) -> None:
-    """Approve or reject; by default the run resumes here and its new state is printed."""
+    """Approve or reject as the token's user; by default follow the run and print it as it then stands."""
     if decision not in ("approve", "reject"):
         fail(f"decision must be approve or reject, not {decision!r}")
 
-    async def go(steward: Steward) -> dict[str, Any]:
-        approval = await service.decide(steward, approval_id=approval_id, decision=decision, actor=actor,
-                                        comment=comment)
+    def go(api: Any) -> dict[str, Any]:
+        approval = api.post(f"/api/v1/approvals/{approval_id}/decision",
+                            {"decision": decision, **({"comment": comment} if comment else {})})
         if not wait:
-            return approval.model_dump(mode="json")
-        return await drive_and_show(steward, approval.run_id)
+            return approval
+        return follow(api, api.get(f"/api/v1/runs/{approval['run_id']}"), timeout=timeout)
 
-    emit(with_steward(go))
+    result = call(go)
+    if not wait:
+        emit_json(result) if output is Output.json else emit_fields(result, ["id", "status", "decided_by", "comment"])
+        return
+    show_run(result, output)

@@ -7,21 +7,14 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index
 from sqlmodel import Field, SQLModel
 
+from approvals.states import ApprovalStatus  # noqa: F401 - importable from here too
 from runtime.models import UTCDateTime, new_id, utcnow
-
-
-class ApprovalStatus(str, enum.Enum):
-    pending = "pending"
-    approved = "approved"
-    rejected = "rejected"
-    cancelled = "cancelled"
 
 
 class ApprovalRequest(SQLModel, table=True):

@@ -1,48 +1,62 @@
 """Steward's engine. What a workflow author needs is exported here.
 
 >>> from runtime import Workflow, Owner, StepContext
+
+The names load on first use (PEP 562), so importing one light module of the package (the CLI's
+``runtime.cli``) does not load LangGraph and the whole engine.
 """
 
-from runtime.approval import ApprovalDecision
-from runtime.connectors import (
-    Connector,
-    CrmConnector,
-    Effect,
-    PricingConnector,
-    RetryPolicy,
-    action,
-)
-from runtime.context import StepContext
-from runtime.errors import (
-    ApprovalRejected,
-    ConnectorError,
-    ConnectorRejected,
-    ConnectorTransient,
-    InputInvalid,
-    NonDeterministicReplay,
-    PermissionDenied,
-    StewardError,
-)
-from runtime.sdk import Owner, Registry, Workflow
+from __future__ import annotations
 
-__all__ = [
-    "ApprovalDecision",
-    "ApprovalRejected",
-    "Connector",
-    "ConnectorError",
-    "ConnectorRejected",
-    "ConnectorTransient",
-    "CrmConnector",
-    "Effect",
-    "InputInvalid",
-    "NonDeterministicReplay",
-    "Owner",
-    "PermissionDenied",
-    "PricingConnector",
-    "Registry",
-    "RetryPolicy",
-    "StepContext",
-    "StewardError",
-    "Workflow",
-    "action",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "ApprovalDecision": "runtime.approval",
+    "ApprovalRejected": "runtime.errors",
+    "Connector": "runtime.connectors",
+    "ConnectorError": "runtime.errors",
+    "ConnectorRejected": "runtime.errors",
+    "ConnectorTransient": "runtime.errors",
+    "CrmConnector": "runtime.connectors",
+    "Effect": "runtime.connectors",
+    "InputInvalid": "runtime.errors",
+    "NonDeterministicReplay": "runtime.errors",
+    "Owner": "runtime.sdk",
+    "PermissionDenied": "runtime.errors",
+    "PricingConnector": "runtime.connectors",
+    "Registry": "runtime.sdk",
+    "RetryPolicy": "runtime.connectors",
+    "StepContext": "runtime.context",
+    "StewardError": "runtime.errors",
+    "Workflow": "runtime.sdk",
+    "action": "runtime.connectors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from runtime.approval import ApprovalDecision
+    from runtime.connectors import Connector, CrmConnector, Effect, PricingConnector, RetryPolicy, action
+    from runtime.context import StepContext
+    from runtime.errors import (
+        ApprovalRejected,
+        ConnectorError,
+        ConnectorRejected,
+        ConnectorTransient,
+        InputInvalid,
+        NonDeterministicReplay,
+        PermissionDenied,
+        StewardError,
+    )
+    from runtime.sdk import Owner, Registry, Workflow

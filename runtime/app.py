@@ -21,7 +21,8 @@ from sqlalchemy import text
 
 from runtime import store
 from runtime.api import audit_routes, problems, runs, workflows
-from runtime.api.deps import TokenCache, reject_unknown_query
+from runtime.api.deps import TokenCache, UserDep, reject_unknown_query
+from runtime.api.schemas import Me
 from runtime.connectors import Connector
 from runtime.errors import DatabaseUnavailable
 from runtime.sandbox import create_sandbox_app
@@ -96,6 +97,12 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(reject_unknown_query)])
+
+    @api.get("/me", tags=["identity"], operation_id="me-get", response_model=Me, responses=problems.errors(401),
+             summary="Whom the bearer token belongs to (the actor every action is recorded under)")
+    async def me(user: UserDep) -> Me:
+        return Me(user=user)
+
     api.include_router(runs.router)
     api.include_router(audit_routes.router)
     api.include_router(workflows.router)

@@ -1,78 +1,143 @@
-"""``steward``: serve, start runs, decide approvals, verify the audit trail.
+"""``steward``: serve, start and follow runs, decide approvals, administer a database.
 
-Bad input exits with code 2 and a one-line reason on stderr; a broken audit chain exits 1.
+Commands that act as a person (``run``, ``runs``, ``approvals``, ``workflows``, ``audit list``) call
+the server over HTTP with a bearer token (``STEWARD_URL``/``STEWARD_TOKEN`` or ``steward login``), so
+the actor recorded is the token's user; nobody can act under another name. Local administration
+(``db upgrade``, ``tokens``, ``audit verify``) works on the database itself (``STEWARD_DATABASE_URL``)
+and never creates one that does not exist.
+
+Bad input exits 2 with a one-line reason on stderr; an unreachable or failing server exits 1; a
+broken audit chain exits 1. List and show commands print text, or JSON with ``--output json``.
+
+Only the command that runs imports what it needs: ``steward --help`` imports typer and nothing else.
 
 >>> steward run price_change --input '{"items": [...], "reason": "..."}' --wait
 """
 
 from __future__ import annotations
 
-import asyncio
-import getpass
+import enum
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
-from pydantic import ValidationError
 
-from runtime import audit, store
-from runtime.api.schemas import StepPublic
-from runtime.db import Database
-from runtime.errors import StewardError
-from runtime.models import RunStatus
-from runtime.service import Steward, open_steward
-from runtime.settings import Settings
-from runtime.telemetry import tracer
+from runtime.states import RunStatus
+
+if TYPE_CHECKING:
+    from runtime.client import Api
+    from runtime.db import Database
+    from runtime.settings import Settings
 
 app = typer.Typer(help="Steward: a governed runtime for AI automations.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
-runs_app = typer.Typer(help="Inspect and cancel runs.", no_args_is_help=True)
-audit_app = typer.Typer(help="Read and verify the audit trail.", no_args_is_help=True)
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-tokens_app = typer.Typer(help="API tokens.", no_args_is_help=True)
-for sub, name in [(runs_app, "runs"), (audit_app, "audit"), (db_app, "db"), (tokens_app, "tokens")]:
+                  pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None)
+runs_app = typer.Typer(help="List, inspect and cancel runs (through the server).", no_args_is_help=True)
+workflows_app = typer.Typer(help="The workflows the server has loaded.", no_args_is_help=True)
+audit_app = typer.Typer(help="Read (through the server) and verify (locally) the audit trail.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema (local).", no_args_is_help=True)
+tokens_app = typer.Typer(help="API tokens (local).", no_args_is_help=True)
+for sub, name in [(runs_app, "runs"), (workflows_app, "workflows"), (audit_app, "audit"), (db_app, "db"),
+                  (tokens_app, "tokens")]:
     app.add_typer(sub, name=name)
 
 T = TypeVar("T")
-DEFAULT_USER = os.environ.get("STEWARD_USER") or getpass.getuser()
-AsUser = Annotated[str, typer.Option("--as", help="Who is acting (recorded in the audit trail)")]
+FOLLOW_SECONDS = 30.0  # one long-poll
+SETTLED = {"waiting_approval", "succeeded", "failed", "rejected", "cancelled"}
 
 
-def fail(message: str, code: int = 2) -> None:
+class Output(str, enum.Enum):
+    text = "text"
+    json = "json"
+
+
+OutputOption = Annotated[Output, typer.Option("--output", "-o", help="text, or json for programs")]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
 
-def settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        fail(f"configuration: {'.'.join(map(str, first['loc'])) or 'settings'}: {first['msg']}")
-    raise AssertionError  # pragma: no cover
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"steward {version('steward')}")
+        raise typer.Exit()
 
 
-def with_steward(fn: Callable[[Steward], Awaitable[T]]) -> T:
-    async def main() -> T:
-        async with open_steward(settings()) as steward:
-            return await fn(steward)
-
-    try:
-        return asyncio.run(main())
-    except StewardError as exc:
-        fail(exc.message.splitlines()[0], code=2 if 400 <= exc.status_code < 500 else 1)
-    raise AssertionError  # pragma: no cover
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit")] = False,
+) -> None:
+    """Steward: a governed runtime for AI automations."""
 
 
-def emit(value: Any) -> None:
+# -- output ------------------------------------------------------------------------------
+
+
+def emit_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
 
 
+def emit_fields(value: dict[str, Any], fields: Iterable[str]) -> None:
+    for name in fields:
+        shown = value.get(name)
+        if shown is None or shown == [] or shown == {}:
+            continue
+        text = shown if isinstance(shown, str) else json.dumps(shown, ensure_ascii=False, default=str)
+        typer.echo(f"{name + ':':<22}{text}")
+
+
+def show_run(run: dict[str, Any], output: Output) -> None:
+    if output is Output.json:
+        emit_json(run)
+        return
+    emit_fields(run, ["id", "workflow", "version", "status", "status_reason", "created_by", "created_at",
+                      "finished_at", "error", "pending_approval_ids", "output"])
+    for step in run.get("steps", []):
+        typer.echo(f"  step {step['node']:<20} {step['status']:<12} {step['task_id']}")
+
+
+# -- the server ----------------------------------------------------------------------------
+
+
+def call(fn: Callable[[Api], T]) -> T:
+    """``fn(api)`` against the server; a refused call exits 2 (bad input) or 1 (server, network)."""
+    from runtime.client import Api, ClientError
+
+    try:
+        with Api.from_environment() as api:
+            return fn(api)
+    except ClientError as exc:
+        fail(exc.message, code=2 if exc.bad_input else 1)
+
+
+def follow(api: Api, run: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+    """Long-poll the run until it waits for a person, ends or is parked, or ``timeout`` seconds pass."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not settled(run):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        wait = max(0.1, min(FOLLOW_SECONDS, left))
+        run = api.get(f"/api/v1/runs/{run['id']}", wait=wait, seen=run["status"], timeout=wait + 30)
+    return run
+
+
+def settled(run: dict[str, Any]) -> bool:
+    return run["status"] in SETTLED or (run["status"] == "queued" and bool(run.get("status_reason")))
+
+
 def parse_input(raw: str) -> Any:
+    from pathlib import Path
+
     if raw.startswith("@"):
         path = Path(raw[1:])
         if not path.is_file():
@@ -84,21 +149,141 @@ def parse_input(raw: str) -> Any:
         fail(f"--input is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
 
 
-def run_view(run: Any) -> dict[str, Any]:
-    return run.model_dump(mode="json", exclude={"worker_id", "lease_expires_at", "idempotency_key"})
+Wait = Annotated[bool, typer.Option("--wait", help="Follow the run until it waits for a person, ends or is parked")]
+Timeout = Annotated[float, typer.Option(min=0, help="With --wait: give up following after this many seconds")]
 
 
-async def drive_and_show(steward: Steward, run_id: str) -> dict[str, Any]:
-    await steward.executor.start(poll=False)
-    run = await steward.executor.drive(run_id)
-    if run.status == RunStatus.running:  # another process holds it: follow until it pauses, parks or ends
-        while run.status == RunStatus.running or (run.status == RunStatus.queued and not run.status_reason):
-            await asyncio.sleep(0.5)
-            run = await steward.db.run(lambda s: store.get_run(session=s, run_id=run_id))
-    view = run_view(run)
-    view["pending_approval_ids"] = await steward.db.run(
-        lambda s: steward.executor.approvals.pending_ids(s, run_id=run_id))
-    return view
+@app.command("run")
+def run_workflow(
+    workflow: Annotated[str, typer.Argument(help="Workflow name, e.g. price_change")],
+    input: Annotated[str, typer.Option("--input", help="JSON input, or @file.json")],
+    wait: Wait = False,
+    timeout: Timeout = 600.0,
+    idempotency_key: Annotated[str | None, typer.Option(help="Same key, same run")] = None,
+    version: Annotated[str | None, typer.Option("--version", help="Pin to this version (default: the highest)")] = None,
+    output: OutputOption = Output.json,
+) -> None:
+    """Start a run as the token's user, pinned to --version or the workflow's highest loaded version."""
+    data = parse_input(input)
+    body = {"workflow": workflow, "input": data, **({"version": version} if version else {})}
+
+    def go(api: Api) -> dict[str, Any]:
+        run = api.post("/api/v1/runs", body, headers={"Idempotency-Key": idempotency_key} if idempotency_key else None)
+        run = api.get(f"/api/v1/runs/{run['id']}")
+        return follow(api, run, timeout=timeout) if wait else run
+
+    show_run(call(go), output)
+
+
+@runs_app.command("list")
+def runs_list(
+    status: Annotated[RunStatus | None, typer.Option(help="Only runs in this status")] = None,
+    workflow: Annotated[str | None, typer.Option(help="Only runs of this workflow")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="At most this many (pages are followed)")] = 50,
+    output: OutputOption = Output.text,
+) -> None:
+    """Runs, newest first: id, workflow, version, status (and why, when a run is parked)."""
+    runs = call(lambda api: list(api.pages("/api/v1/runs", limit=limit, status=status and status.value,
+                                           workflow=workflow)))
+    if output is Output.json:
+        emit_json(runs)
+        return
+    for run in runs:
+        reason = f"  ({run['status_reason']})" if run.get("status_reason") else ""
+        typer.echo(f"{run['id']}  {run['workflow']:<16} {run['version']:<8} {run['status']:<17} "
+                   f"{run['created_at'][:19].replace('T', ' ')}{reason}")
+
+
+@runs_app.command("show")
+def runs_show(run_id: str, output: OutputOption = Output.text) -> None:
+    """One run with its steps, pending approvals and ``status_reason`` (why it waits, when parked)."""
+    show_run(call(lambda api: api.get(f"/api/v1/runs/{run_id}")), output)
+
+
+@runs_app.command("cancel")
+def runs_cancel(run_id: str, output: OutputOption = Output.text) -> None:
+    """Cancel a run that has not ended (as the token's user)."""
+    show_run(call(lambda api: api.post(f"/api/v1/runs/{run_id}/cancel", None)), output)
+
+
+@workflows_app.command("list")
+def workflows_list(output: OutputOption = Output.text) -> None:
+    """Every workflow the server has loaded: its latest version, owner and description."""
+    workflows = call(lambda api: api.get("/api/v1/workflows"))
+    if output is Output.json:
+        emit_json(workflows)
+        return
+    for wf in workflows:
+        latest = wf["versions"][0]
+        others = ", ".join(v["version"] for v in wf["versions"][1:])
+        typer.echo(f"{wf['name']:<18} {wf['latest_version']:<8} {latest['owner']['email']:<28} "
+                   f"{latest['description']}" + (f"  (also {others})" if others else ""))
+
+
+@workflows_app.command("show")
+def workflows_show(name: str, output: OutputOption = Output.json) -> None:
+    """One workflow: every loaded version with its grants, code hash and input schema."""
+    emit_json(call(lambda api: api.get(f"/api/v1/workflows/{name}")))
+
+
+@audit_app.command("list")
+def audit_list(
+    run_id: Annotated[str | None, typer.Option(help="Only this run's events")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1_000_000, help="At most this many (pages are followed)")] = 1000,
+    output: OutputOption = Output.text,
+) -> None:
+    """Audit events in chain order (text: JSON Lines, one event a line; json: one array)."""
+    events = call(lambda api: list(api.pages("/api/v1/audit", limit=limit, run_id=run_id)))
+    if output is Output.json:
+        emit_json(events)
+        return
+    for event in events:
+        typer.echo(json.dumps(event, ensure_ascii=False, sort_keys=True))
+
+
+@app.command()
+def login(
+    url: Annotated[str | None, typer.Option(help="The server (default: STEWARD_URL, else http://127.0.0.1:8000)")]
+    = None,
+    token: Annotated[str | None, typer.Option(help="The token (default: STEWARD_TOKEN, else asked for)")] = None,
+) -> None:
+    """Check a token against the server and store both for later commands (readable by you only)."""
+    from runtime.client import DEFAULT_URL, Api, ClientError, write_credentials
+
+    url = url or os.environ.get("STEWARD_URL") or DEFAULT_URL
+    token = token or os.environ.get("STEWARD_TOKEN") or typer.prompt("API token", hide_input=True)
+    if not token.strip():
+        fail("the token is empty")
+    try:
+        with Api(url, token.strip()) as api:
+            me = api.get("/api/v1/me")
+    except ClientError as exc:
+        fail(exc.message, code=2 if exc.bad_input else 1)
+    path = write_credentials(url, token.strip())
+    typer.echo(f"logged in to {url} as {me['user']} (stored in {path})")
+
+
+@app.command()
+def logout() -> None:
+    """Forget the stored server and token."""
+    from runtime.client import credentials_path, forget_credentials
+
+    typer.echo(f"removed {credentials_path()}" if forget_credentials() else "not logged in")
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+def settings(**overrides: Any) -> Settings:
+    from pydantic import ValidationError
+
+    from runtime.settings import Settings
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        fail(f"configuration: {'.'.join(map(str, first['loc'])) or 'settings'}: {first['msg']}")
 
 
 @app.command()
@@ -109,7 +294,8 @@ def serve(
     worker: Annotated[bool, typer.Option("--worker/--no-worker",
                                          help="Also execute runs here (--no-worker: API only)")] = True,
 ) -> None:
-    """Serve the API, the executor (unless --no-worker) and the sandbox (upgrades a SQLite database first)."""
+    """Serve the API, the executor (unless --no-worker) and the sandbox (creates or upgrades a SQLite
+    database first)."""
     import uvicorn
 
     from runtime.app import DEMO_TOKENS, create_app
@@ -117,17 +303,15 @@ def serve(
     overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     if demo:
         overrides["demo"] = True
-    try:
-        config = Settings(**overrides)
-    except ValidationError as exc:
-        fail(f"configuration: {exc.errors()[0]['msg']}")
+    config = settings(**overrides)
     url = f"http://{config.host}:{config.port}"
     typer.echo(f"Steward on {url}  (API {url}/api/v1, docs {url}/docs, sandbox {url}/sandbox)")
     typer.echo(f"database: {config.database_url}")
     if config.demo:
         for user, token in DEMO_TOKENS.items():
             typer.echo(f"demo token for {user}: {token}")
-        typer.echo(f"try: curl -H 'Authorization: Bearer {DEMO_TOKENS['demo.operator']}' {url}/api/v1/runs")
+        typer.echo(f"try: export STEWARD_URL={url} STEWARD_TOKEN={DEMO_TOKENS['demo.operator']}; "
+                   "steward workflows list")
     sys.stdout.flush()
     uvicorn.run(create_app(config, start_executor=worker), host=config.host, port=config.port, log_level="info")
 
@@ -139,7 +323,11 @@ def worker_command(
 ) -> None:
     """Execute runs, no HTTP: claim queued runs from the database (any number of workers may share a
     PostgreSQL database) until SIGTERM or Ctrl-C, then drain and give the runs in flight back."""
+    import asyncio
     import signal
+
+    from runtime.errors import StewardError
+    from runtime.service import open_steward
 
     config = settings()
     if concurrency is not None:
@@ -177,79 +365,68 @@ def sandbox(
     uvicorn.run(create_sandbox_app(), host=host, port=port, log_level="warning")
 
 
-@app.command("run")
-def run_workflow(
-    workflow: Annotated[str, typer.Argument(help="Workflow name, e.g. price_change")],
-    input: Annotated[str, typer.Option("--input", help="JSON input, or @file.json")],
-    wait: Annotated[bool, typer.Option("--wait", help="Drive the run here until it pauses or ends")] = False,
-    actor: AsUser = DEFAULT_USER,
-    idempotency_key: Annotated[str | None, typer.Option(help="Same key, same run")] = None,
-    version: Annotated[str | None, typer.Option("--version", help="Pin to this version (default: the highest)")] = None,
-) -> None:
-    """Start a run, pinned to --version or the workflow's highest loaded version; print it as JSON."""
-    data = parse_input(input)
-
-    async def go(steward: Steward) -> dict[str, Any]:
-        run, _ = await steward.executor.submit(workflow=workflow, input=data, actor=actor,
-                                               idempotency_key=idempotency_key, version=version)
-        return await drive_and_show(steward, run.id) if wait else run_view(run)
-
-    emit(with_steward(go))
+# -- local administration -------------------------------------------------------------------
 
 
-@runs_app.command("list")
-def runs_list(
-    status: Annotated[RunStatus | None, typer.Option(help="Only runs in this status")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
-) -> None:
-    """Runs, newest first: id, workflow, version, status (and why, when a run is parked)."""
+def local_database(*, create: bool = False, migrated: bool = True) -> Database:
+    """The database ``STEWARD_DATABASE_URL`` names, as it is: a SQLite file that does not exist is an
+    error (unless ``create``), never silently made where the command happens to run."""
+    from pathlib import Path
 
-    async def go(steward: Steward) -> list[Any]:
-        return list(await steward.db.run(lambda s: store.list_runs(session=s, status=status, limit=limit),
-                                         read_only=True))
+    from sqlalchemy.engine import make_url
 
-    for run in with_steward(go):
-        reason = f"  ({run.status_reason})" if run.status_reason else ""
-        typer.echo(f"{run.id}  {run.workflow:<16} {run.version:<8} {run.status.value:<17} "
-                   f"{run.created_at:%Y-%m-%d %H:%M:%S}{reason}")
+    from runtime.db import Database, DatabaseUrlInvalid, normalise_url
 
+    config = settings()
+    try:
+        url = make_url(normalise_url(config.database_url))
+    except (DatabaseUrlInvalid, ValueError) as exc:
+        fail(f"STEWARD_DATABASE_URL: {exc}")
+    if url.get_backend_name() == "sqlite" and not create:
+        path = url.database or ""
+        if path in ("", ":memory:") or not Path(path).is_file():
+            fail(f"no Steward database at {path or '(memory)'} (STEWARD_DATABASE_URL={config.database_url}); "
+                 "point STEWARD_DATABASE_URL at one, or create it with `steward db upgrade --create`")
+    db = Database(config.database_url)
+    if migrated:
+        from runtime.errors import StewardError
+        from runtime.service import check_migrated
 
-@runs_app.command("show")
-def runs_show(run_id: str) -> None:
-    """One run with its steps, pending approvals and ``status_reason`` (why it waits, when parked), as JSON."""
-
-    async def go(steward: Steward) -> dict[str, Any]:
-        def read(session: Any) -> tuple[Any, Any, list[str]]:
-            return (store.get_run(session=session, run_id=run_id), store.list_steps(session=session, run_id=run_id),
-                    steward.executor.approvals.pending_ids(session, run_id=run_id))
-
-        run, steps, pending = await steward.db.run(read, read_only=True)
-        view = run_view(run)
-        view["steps"] = [StepPublic.model_validate(step).model_dump(mode="json") for step in steps]
-        view["pending_approval_ids"] = pending
-        return view
-
-    emit(with_steward(go))
+        try:
+            check_migrated(db)
+        except StewardError as exc:
+            fail(exc.message)
+        except Exception as exc:  # noqa: BLE001 - unreachable server, missing database: one line, exit 1
+            fail(f"cannot open the database ({type(exc).__name__}: {str(exc).splitlines()[0]})", code=1)
+    return db
 
 
-@runs_app.command("cancel")
-def runs_cancel(run_id: str, actor: AsUser = DEFAULT_USER) -> None:
-    """Cancel a run that has not ended."""
+def local(fn: Callable[[Any], T], *, read_only: bool = False) -> T:
+    """``fn(session)`` as one transaction on the local database."""
+    from runtime.errors import StewardError
 
-    async def go(steward: Steward) -> dict[str, Any]:
-        return run_view(await steward.executor.cancel(run_id=run_id, actor=actor))
+    db = local_database()
+    try:
+        return db.transaction(fn, read_only=read_only)
+    except StewardError as exc:
+        fail(exc.message.splitlines()[0], code=2 if 400 <= exc.status_code < 500 else 1)
+    finally:
+        db.engine.dispose()
 
-    emit(with_steward(go))
+
+def admin() -> str:
+    """Who runs a local administration command: the operating-system account, as ``local:<name>``."""
+    import getpass
+
+    return f"local:{getpass.getuser()}"
 
 
 @audit_app.command("verify")
 def audit_verify() -> None:
     """Recompute the hash chain; exit 1 and name the first broken event if it was tampered with."""
+    from runtime import audit
 
-    async def go(steward: Steward) -> audit.Verification:
-        return await steward.db.run(audit.verify, read_only=True)
-
-    result = with_steward(go)
+    result = local(audit.verify, read_only=True)
     if result.ok:
         typer.echo(f"audit chain intact: {result.events} events verified")
         return
@@ -257,48 +434,74 @@ def audit_verify() -> None:
     raise typer.Exit(1)
 
 
-@audit_app.command("list")
-def audit_list(
-    run_id: Annotated[str | None, typer.Option(help="Only this run's events")] = None,
-    limit: Annotated[int, typer.Option(min=1)] = 1000,
-) -> None:
-    """Audit events as JSON Lines."""
-
-    async def go(steward: Steward) -> list[Any]:
-        return list(await steward.db.run(lambda s: store.list_audit(session=s, run_id=run_id, limit=limit),
-                                         read_only=True))
-
-    for event in with_steward(go):
-        typer.echo(json.dumps(event.model_dump(mode="json"), ensure_ascii=False, sort_keys=True))
-
-
 @db_app.command("upgrade")
-def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+def db_upgrade(
+    revision: Annotated[str, typer.Argument()] = "head",
+    create: Annotated[bool, typer.Option("--create", help="Create the SQLite file if it does not exist")] = False,
+) -> None:
     """Apply the schema migrations (needed for PostgreSQL; serve does it for SQLite)."""
-    config = settings()
+    from runtime.errors import StewardError
+
+    db = local_database(create=create, migrated=False)
     try:
-        Database(config.database_url).upgrade(revision)
+        db.upgrade(revision)
     except StewardError as exc:
         fail(exc.message)
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+        fail(f"cannot upgrade the database ({type(exc).__name__}: {str(exc).splitlines()[0]})", code=1)
+    finally:
+        db.engine.dispose()
     typer.echo(f"database upgraded to {revision}")
 
 
 @tokens_app.command("create")
-def tokens_create(user: Annotated[str, typer.Option(help="Who the token acts as")]) -> None:
+def tokens_create(user: Annotated[str, typer.Option(help="Whom the token belongs to (recorded as the actor)")]) -> None:
     """Create an API token; it is shown once."""
-    if not user.strip():
-        fail("--user must name someone")
+    from runtime import audit, store
+
+    name = user.strip()
+    if not name or len(name) > 200:
+        fail("--user must name someone (1 to 200 characters)")
 
     def create(session: Any) -> str:
-        with tracer().start_as_current_span("steward.token.create"):
-            _, plain = store.create_token(session=session, user=user.strip())
-            audit.append(session, kind="token.created", actor=user.strip(), data={"user": user.strip()})
+        token, plain = store.create_token(session=session, user=name)
+        session.flush()
+        audit.append(session, kind="token.created", actor=admin(), data={"user": name, "token_id": token.id})
         return plain
 
-    async def go(steward: Steward) -> str:
-        return await steward.db.run(create)
+    typer.echo(local(create))
 
-    typer.echo(with_steward(go))
+
+@tokens_app.command("list")
+def tokens_list(
+    user: Annotated[str | None, typer.Option(help="Only this user's tokens")] = None,
+    output: OutputOption = Output.text,
+) -> None:
+    """Tokens (never their secrets): id, user, created, revoked."""
+    from runtime import store
+
+    rows = local(lambda s: [t.model_dump(mode="json", exclude={"token_hash"})
+                            for t in store.list_tokens(session=s, user=user)], read_only=True)
+    if output is Output.json:
+        emit_json(rows)
+        return
+    for row in rows:
+        state = f"revoked {row['revoked_at'][:19]}" if row["revoked_at"] else "active"
+        typer.echo(f"{row['id']}  {row['user']:<24} created {row['created_at'][:19]}  {state}")
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: Annotated[str, typer.Argument(help="The token's id (see `steward tokens list`)")]) -> None:
+    """Revoke a token: the server refuses it within a second."""
+    from runtime import audit, store
+
+    def revoke(session: Any) -> str:
+        token = store.revoke_token(session=session, token_id=token_id)
+        audit.append(session, kind="token.revoked", actor=admin(),
+                     data={"user": token.user, "token_id": token.id})
+        return token.user
+
+    typer.echo(f"revoked token {token_id} of {local(revoke)}")
 
 
 # Command groups of other layers, named like the routers (the engine imports none of them).
@@ -306,13 +509,39 @@ COMMANDS = ("approvals.cli:app",)
 
 
 def main() -> None:
-    from runtime.sdk import load_object
+    import importlib
 
     specs = json.loads(os.environ["STEWARD_CLI_COMMANDS"]) if os.environ.get("STEWARD_CLI_COMMANDS") else COMMANDS
     for spec in specs:
-        group = load_object(spec)
+        module, _, attr = spec.partition(":")
+        group = getattr(importlib.import_module(module), attr)
         app.add_typer(group, name=group.info.name)
-    app()
+    sys.exit(run_app())
+
+
+def run_app(args: list[str] | None = None) -> int:
+    """Run the command line; a usage error (unknown option, bad value) is one line on stderr, exit 2."""
+    try:
+        from typer._click import exceptions as click  # typer vendors click since 0.2x
+    except ImportError:  # pragma: no cover - an older typer on click itself
+        from click import exceptions as click  # type: ignore[no-redef]
+
+    try:
+        code = app(args=args, standalone_mode=False)
+    except click.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        return 0
+    except click.UsageError as exc:
+        hint = f"; see `{exc.ctx.command_path} --help`" if exc.ctx else ""
+        typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+        return 2
+    except click.Abort:
+        typer.echo("error: aborted", err=True)
+        return 1
+    except click.ClickException as exc:
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        return exc.exit_code
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

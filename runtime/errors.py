@@ -5,7 +5,8 @@
     ├── NotFound                    404
     │   ├── WorkflowNotFound
     │   ├── RunNotFound
-    │   └── ApprovalNotFound
+    │   ├── ApprovalNotFound
+    │   └── TokenNotFound
     ├── Unauthorized                401  missing or unknown bearer token
     ├── Conflict                    409  the request fits no longer (already decided, finished ...)
     ├── WorkflowDefinitionError     500  a workflow module is malformed (raised at construction)
@@ -77,6 +78,10 @@ class RunNotFound(NotFound):
 
 class ApprovalNotFound(NotFound):
     code = "approval_not_found"
+
+
+class TokenNotFound(NotFound):
+    code = "token_not_found"
 
 
 class Unauthorized(StewardError):

@@ -6,13 +6,14 @@ Alembic migrations in ``runtime/migrations``.
 
 from __future__ import annotations
 
-import enum
 import uuid
 from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator
 from sqlmodel import Field, SQLModel
+
+from runtime.states import FINISHED, RunStatus, StepStatus  # noqa: F401 - the states, importable from here too
 
 
 def utcnow() -> datetime:
@@ -54,23 +55,6 @@ def _json(default: Any = None, **kw: Any) -> Any:
     return Field(default=default, sa_column=Column(JSON, nullable=True), **kw)
 
 
-class RunStatus(str, enum.Enum):
-    queued = "queued"
-    running = "running"
-    waiting_approval = "waiting_approval"
-    succeeded = "succeeded"
-    failed = "failed"
-    rejected = "rejected"
-    cancelled = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in FINISHED
-
-
-FINISHED = {RunStatus.succeeded, RunStatus.failed, RunStatus.rejected, RunStatus.cancelled}
-
-
 class Run(SQLModel, table=True):
     __tablename__ = "runs"
     __table_args__ = (  # lists page newest first by (created_at, id), with or without a filter
@@ -109,13 +93,6 @@ class WorkflowVersion(SQLModel, table=True):
     version: str = Field(primary_key=True, max_length=50)
     code_hash: str = Field(max_length=64)
     registered_at: datetime = _ts()
-
-
-class StepStatus(str, enum.Enum):
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    interrupted = "interrupted"
 
 
 class RunStep(SQLModel, table=True):

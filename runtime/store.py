@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from runtime.db import json_rows, parse_json_rows, parse_time
-from runtime.errors import RunNotFound, Unauthorized
+from runtime.errors import RunNotFound, TokenNotFound, Unauthorized
 from runtime.journal import Recorded
 from runtime.models import (
     ApiToken,
@@ -349,6 +349,24 @@ def store_token(*, session: Session, user: str, plain: str) -> ApiToken:
         return existing
     token = ApiToken(user=user, token_hash=hash_token(plain))
     session.add(token)
+    return token
+
+
+def list_tokens(*, session: Session, user: str | None = None) -> Sequence[ApiToken]:
+    query = select(ApiToken).order_by(ApiToken.created_at, ApiToken.id)
+    if user is not None:
+        query = query.where(ApiToken.user == user)
+    return session.scalars(query).all()
+
+
+def revoke_token(*, session: Session, token_id: str) -> ApiToken:
+    """Revoke a token (once: revoking it again keeps the first time); :class:`TokenNotFound` if unknown."""
+    token = session.get(ApiToken, token_id)
+    if token is None:
+        raise TokenNotFound(f"no token with id {token_id!r}; see `steward tokens list`")
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+        session.flush()
     return token
 
 

@@ -191,8 +191,10 @@ def cli_env(database_url: str, sandbox_process: str, tmp_path) -> dict[str, str]
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
+    inherited = {k: v for k, v in os.environ.items() if k not in ("STEWARD_URL", "STEWARD_TOKEN")}
     return {
-        **os.environ,
+        **inherited,
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),  # never the developer's own `steward login`
         "PYTHONPATH": str(root),
         "STEWARD_DATABASE_URL": database_url,
         "STEWARD_CRM_URL": f"{sandbox_process}/crm",
@@ -225,3 +227,39 @@ def live_server(settings: Settings, connectors) -> Iterator[Any]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.fixture
+def serve(cli_env: dict[str, str], tmp_path) -> Iterator[Any]:
+    """Start ``steward serve`` as its own process on this test's database and sandbox:
+    ``env = serve(worker=True)`` returns ``cli_env`` plus ``STEWARD_URL`` and the demo operator's
+    ``STEWARD_TOKEN`` (what the API-client commands need); stopped after the test."""
+    import subprocess
+    import sys
+
+    started: list[tuple[subprocess.Popen, Any]] = []
+
+    def start(*, worker: bool = True, env: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(env or cli_env)
+        port = free_port()
+        log = (tmp_path / f"serve-{port}.log").open("w")
+        proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "serve", "--port", str(port),
+                                 "--worker" if worker else "--no-worker"], env=env, stdout=log, stderr=log)
+        started.append((proc, log))
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_http(f"{url}/healthz", seconds=60)
+        except RuntimeError:
+            proc.kill()
+            raise RuntimeError((tmp_path / f"serve-{port}.log").read_text()[-3000:]) from None
+        return {**env, "STEWARD_URL": url, "STEWARD_TOKEN": "steward-demo-operator"}
+
+    yield start
+    for proc, log in started:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

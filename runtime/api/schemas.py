@@ -85,6 +85,10 @@ class AuditPage(Page[AuditEventPublic]):
     """A page of audit events in chain order."""
 
 
+class Me(BaseModel):
+    user: str = Field(description="The token's user: every action taken with the token is recorded as theirs")
+
+
 class OwnerPublic(BaseModel):
     name: str
     email: str

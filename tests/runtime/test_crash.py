@@ -1,4 +1,4 @@
-"""Crash test: a worker SIGKILLed right after a connector write; a restarted server finishes the run."""
+"""Crash test: a server SIGKILLed right after its worker's connector write; a restarted server finishes the run."""
 
 from __future__ import annotations
 
@@ -23,8 +23,11 @@ def test_killed_worker_run_is_finished_by_a_restarted_server_without_duplicate_w
     env = {**cli_env, "STEWARD_WORKFLOWS": '["tests.crash_workflow:workflow"]', "STEWARD_TEST_PAUSE_FILE": str(marker),
            "STEWARD_LEASE_SECONDS": "600"}
     log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen([*STEWARD, "run", "crash_once", "--input", "{}", "--wait", "--as", "ops"], env=env,
-                              stdout=log, stderr=log)
+    first_port = free_port()
+    worker = subprocess.Popen([*STEWARD, "serve", "--port", str(first_port)], env=env, stdout=log, stderr=log)
+    wait_for_http(f"http://127.0.0.1:{first_port}/healthz", seconds=60)
+    httpx.post(f"http://127.0.0.1:{first_port}/api/v1/runs", json={"workflow": "crash_once", "input": {}},
+               headers={"Authorization": "Bearer steward-demo-operator"}).raise_for_status()
     deadline = time.monotonic() + 60
     while not marker.exists():
         assert worker.poll() is None, (tmp_path / "worker.log").read_text()

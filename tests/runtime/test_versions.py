@@ -340,17 +340,18 @@ def test_the_api_pins_a_named_version_and_refuses_unknown_or_malformed_ones(clie
 
 
 @pytest.mark.slow
-async def test_the_cli_names_a_version_and_shows_why_a_run_waits(cli_env, open_with) -> None:
-    def steward(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "runtime.cli", *args], env=cli_env, capture_output=True,
-                              text=True, timeout=120)
-
+async def test_the_cli_names_a_version_and_shows_why_a_run_waits(serve, open_with) -> None:
     async with open_with(V110) as new:
         run, _ = await new.executor.submit(workflow="price_change", input=PRICE_105, actor="alice")
     async with open_with(V100) as old:  # serves 1.0.0 only: the 1.1.0 run is parked
         await old.executor.drive(run.id)
+    env = await asyncio.to_thread(serve, worker=False)  # a server that loads 1.0.0 and drives nothing
 
-    shown = steward("runs", "show", run.id)
+    def steward(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "runtime.cli", *args], env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    shown = steward("runs", "show", run.id, "--output", "json")
     assert shown.returncode == 0, shown.stderr
     view = json.loads(shown.stdout)
     assert view["status"] == "queued" and "price_change 1.1.0" in view["status_reason"]
