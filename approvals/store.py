@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from approvals.models import ApprovalRequest, ApprovalStatus
@@ -93,6 +93,11 @@ class SqlApprovals:
 
     def pending_ids(self, session: Session, *, run_id: str) -> list[str]:
         return [a.id for a in list_approvals(session=session, run_id=run_id, status=ApprovalStatus.pending)]
+
+    def pending_summary(self, session: Session) -> tuple[int, Any]:
+        count, oldest = session.execute(select(func.count(), func.min(ApprovalRequest.created_at)).where(
+            ApprovalRequest.status == ApprovalStatus.pending)).one()
+        return count, oldest
 
     def pending_column(self, run_id: Any, *, postgres: bool) -> Any:
         return (select(json_rows(postgres=postgres, created_at=ApprovalRequest.created_at, id=ApprovalRequest.id))

@@ -10,24 +10,25 @@ named as ``module:attr`` strings (defaults: ``workflows:WORKFLOWS`` and
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import gc
 from collections.abc import Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
-from sqlalchemy import text
+from fastapi.responses import JSONResponse, Response
 
-from runtime import store
+from runtime import metrics, store
 from runtime.api import audit_routes, problems, runs, workflows
 from runtime.api.deps import TokenCache, UserDep, reject_unknown_query
-from runtime.api.schemas import Me
+from runtime.api.schemas import Me, Readiness
 from runtime.connectors import Connector
-from runtime.errors import DatabaseUnavailable
 from runtime.sandbox import create_sandbox_app
 from runtime.sdk import Registry, load_object
-from runtime.service import open_steward
+from runtime.models import utcnow
+from runtime.service import open_steward, schema_head, schema_revision
 from runtime.settings import SANDBOX_TOKEN, Settings
 
 DEMO_TOKENS = {"demo.operator": "steward-demo-operator", "demo.approver": "steward-demo-approver"}
@@ -39,6 +40,36 @@ async def seed_demo_tokens(steward: Any) -> None:
             store.store_token(session=session, user=user, plain=plain)
 
     await steward.db.run(seed)
+
+
+async def readiness(steward: Any) -> dict[str, str]:
+    """Each readiness check: ``ok`` (with what it saw) or why not."""
+    def read(session: Any) -> tuple[str | None, Any]:
+        return schema_revision(session), store.last_heartbeat(session=session)
+
+    try:
+        revision, beat = await steward.db.run(read, read_only=True)
+    except Exception as exc:  # noqa: BLE001 - unreachable is an answer here, not an error
+        reason = f"does not answer ({type(exc).__name__})"
+        return {"database": reason, "schema": "unknown", "worker": "unknown"}
+    head = schema_head()
+    checks = {"database": "ok",
+              "schema": f"ok ({revision})" if revision == head else f"at {revision or 'none'}, needs {head}"}
+    window = steward.settings.lease_seconds
+    if beat is None:
+        checks["worker"] = "no worker has reported itself; start `steward worker` or `steward serve`"
+    else:
+        age = (utcnow() - beat).total_seconds()
+        checks["worker"] = (f"ok (seen {age:.1f} s ago)" if age <= window else
+                            f"none seen for {age:.0f} s (more than the {window:g} s lease)")
+    return checks
+
+
+def _counts(steward: Any, session: Any) -> dict[str, Any]:
+    runs = store.active_run_counts(session=session)
+    pending, oldest = steward.executor.approvals.pending_summary(session)
+    return {"runs": runs, "queued": sum(n for (_, _, status), n in runs.items() if status == "queued"),
+            "approvals_pending": pending, "approvals_oldest": oldest}
 
 
 def create_app(
@@ -63,6 +94,10 @@ def create_app(
                 await steward.executor.start()
             if not steward.db.is_sqlite:  # changes committed by workers in other processes
                 steward.changes.start_listening(steward.db.libpq_url)
+            source = metrics.Source(
+                read=lambda fn: steward.db.transaction(fn, read_only=True), counts=functools.partial(
+                    _counts, steward), slots=lambda: (steward.executor.in_flight, steward.executor.concurrency))
+            metrics.COLLECTOR.sources.append(source)
             # What start-up built (modules, the app, the workflows) lives as long as the server: keep it
             # out of the collector's full passes, each of which would otherwise stop every thread, the
             # event loop's too, for as long as walking it takes (~100 ms, see bench/healthz.py).
@@ -71,6 +106,7 @@ def create_app(
                 yield
             finally:
                 gc.unfreeze()
+                metrics.COLLECTOR.sources.remove(source)
 
     app = FastAPI(
         title="Steward",
@@ -87,14 +123,26 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], operation_id="health-ready", summary="Readiness: the database answers",
-             responses={503: {"model": problems.Problem, "description": "the database is unreachable"}})
+    @app.get("/readyz", tags=["health"], operation_id="health-ready", response_model=Readiness,
+             summary="Readiness: the database answers, its schema is current, a worker reported itself recently",
+             responses={503: {"model": problems.Problem, "description": (
+                 "Not ready: `details.checks` names what failed (database, schema or worker)")}})
     async def readyz(request: Request) -> JSONResponse:
-        try:
-            await request.app.state.steward.db.run(lambda session: session.execute(text("SELECT 1")))
-        except Exception as exc:
-            return problems.from_error(DatabaseUnavailable(f"the database does not answer ({type(exc).__name__})"))
-        return JSONResponse({"status": "ok"})
+        steward = request.app.state.steward
+        checks = await readiness(steward)
+        if all(check.startswith("ok") for check in checks.values()):
+            return JSONResponse({"status": "ok", "checks": checks})
+        failed = ", ".join(f"{name}: {check}" for name, check in checks.items() if not check.startswith("ok"))
+        return problems.problem(503, f"not ready: {failed}", code="not_ready", retryable=True,
+                                details={"checks": checks}, headers={"Retry-After": "1"})
+
+    @app.get("/metrics", tags=["health"], operation_id="metrics", response_class=Response,
+             summary="Prometheus metrics (text exposition format)",
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Every metric; see runtime/metrics.py for the list"}})
+    async def metrics_endpoint() -> Response:
+        body = await asyncio.to_thread(metrics.exposition)  # scrape-time collectors read the database
+        return Response(body, media_type=metrics.CONTENT_TYPE)
 
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(reject_unknown_query)])
 

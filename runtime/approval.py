@@ -77,6 +77,10 @@ class ApprovalPort(Protocol):
         """The ids of a run's undecided requests, oldest first."""
         ...
 
+    def pending_summary(self, session: Session) -> tuple[int, Any]:
+        """How many requests wait for a person, and when the oldest was opened (None when none)."""
+        ...
+
     def pending_column(self, run_id: Any, *, postgres: bool) -> Any:
         """A SQL expression correlated to the column ``run_id``: the run's undecided requests as a JSON
         array of ``[created_at, id]`` (any order; see :func:`runtime.db.json_rows`), so that a run is read

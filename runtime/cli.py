@@ -313,7 +313,11 @@ def serve(
         typer.echo(f"try: export STEWARD_URL={url} STEWARD_TOKEN={DEMO_TOKENS['demo.operator']}; "
                    "steward workflows list")
     sys.stdout.flush()
-    uvicorn.run(create_app(config, start_executor=worker), host=config.host, port=config.port, log_level="info")
+    from runtime.logs import configure
+
+    configure(config.log_format)
+    uvicorn.run(create_app(config, start_executor=worker), host=config.host, port=config.port, log_level="info",
+                log_config=None)
 
 
 @app.command("worker")
@@ -329,9 +333,12 @@ def worker_command(
     from runtime.errors import StewardError
     from runtime.service import open_steward
 
+    from runtime.logs import configure
+
     config = settings()
     if concurrency is not None:
         config = config.model_copy(update={"executor_concurrency": concurrency})
+    configure(config.log_format)
 
     async def main() -> None:
         async with open_steward(config) as steward:

@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -33,7 +34,7 @@ from pydantic_core import to_jsonable_python
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from runtime import audit, store
+from runtime import audit, logs, metrics, store
 from runtime.approval import ApprovalNeed, ApprovalPort
 from runtime.checkpoint import EPOCH, WORKER, owned_by
 from runtime.connectors.base import Connector
@@ -157,6 +158,7 @@ class Executor:
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task] = []
         self._stopping = False
+        self._heartbeat = False
 
     # -- creating and deciding ---------------------------------------------------------
 
@@ -242,6 +244,8 @@ class Executor:
             return self._finish(session, run_id, RunStatus.cancelled, actor=actor)
 
         run = await self.db.run(record)
+        if run.status == RunStatus.cancelled:
+            metrics.run_finished(run, run.status.value)
         execution = self._executions.get(run_id)
         if run.status == RunStatus.running and execution is not None:
             execution.stop(RunCancelled(f"run {run_id} was cancelled by {actor}"))
@@ -290,6 +294,7 @@ class Executor:
         if journal is None:
             journal = await self.db.run(lambda session: self._journal(session, run))
         execution = Execution(journal)
+        named = logs.run_id.set(run.id)  # the log lines of this execution name the run (see runtime.logs)
         if run.cancel_requested:
             execution.stop(RunCancelled(f"run {run.id} was cancelled"))
         self._executions[run.id] = execution
@@ -297,6 +302,7 @@ class Executor:
             with owned_by(self.checkpointer, run.id, journal):
                 return await self._execute(run, execution)
         finally:
+            logs.run_id.reset(named)
             journal.end()
             if self._executions.get(run.id) is execution:
                 del self._executions[run.id]
@@ -349,13 +355,14 @@ class Executor:
                 context = StepContext(run_id=run.id, workflow=run.workflow, version=run.version, gate=gate,
                                       connectors=self.connectors)
                 values, interrupted = None, False
+                begun: dict[str, float] = {}  # task id -> when it started (for its duration)
                 async for mode, chunk in graph.astream(graph_input, config, context=context,
                                                        stream_mode=["tasks", "values"], durability="sync",
                                                        control=execution.control):
                     if mode == "values":
                         values = chunk
                     else:
-                        interrupted = self._record_task(journal, chunk, step_span, spans) or interrupted
+                        interrupted = self._record_task(journal, chunk, step_span, spans, begun) or interrupted
                 if interrupted or values is None:
                     snapshot = await graph.aget_state(config)
                     if snapshot.interrupts:
@@ -466,14 +473,18 @@ class Executor:
             return run
 
         try:
-            return await self.db.run(end)
+            run = await self.db.run(end)
         except ExecutionFenced:
             return await self.db.run(lambda s: store.get_run(session=s, run_id=journal.run.id))
+        metrics.run_finished(run, status.value)
+        return run
 
-    def _record_task(self, journal: Journal, event: dict[str, Any], step_span: Any, spans: dict) -> bool:
+    def _record_task(self, journal: Journal, event: dict[str, Any], step_span: Any, spans: dict,
+                     begun: dict[str, float]) -> bool:
         """Journal a task's start or end; True when the task ended waiting for a person."""
         task_id, node = event["id"], event["name"]
         if "input" in event:  # the task starts; written with the step's first transaction
+            begun[task_id] = time.perf_counter()
             step_span(task_id, node)
             journal.step_started(task_id=task_id, node=node)
             return False
@@ -488,6 +499,9 @@ class Executor:
             span.set_attribute("steward.step_status", status.value)
             span.end()
         journal.step_finished(task_id=task_id, node=node, status=status, error=error)
+        if task_id in begun:
+            metrics.step_finished(journal.run, node=node, status=status.value,
+                                  seconds=time.perf_counter() - begun.pop(task_id))
         return status is StepStatus.interrupted
 
     def _decisions(
@@ -540,6 +554,9 @@ class Executor:
         runs: at once when woken (a submit or decision in this process, or a PostgreSQL notification
         from any process), else every ``poll_seconds``."""
         self._stopping = False
+        self._heartbeat = poll
+        if poll:  # this process takes runs: say so now, then at every lease renewal (see /readyz)
+            await self.db.run(self._beat)
         self._loops = [asyncio.create_task(self._lease_loop())]
         if poll:
             self._loops.append(asyncio.create_task(self._poll_loop()))
@@ -564,6 +581,10 @@ class Executor:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._loops = []
+        if self._heartbeat:  # a clean stop: this worker no longer takes runs
+            self._heartbeat = False
+            with contextlib.suppress(Exception):
+                await self.db.run(lambda s: store.forget_worker(session=s, worker_id=self.worker_id))
 
     async def _poll_loop(self) -> None:
         while not self._stopping:
@@ -639,6 +660,14 @@ class Executor:
             except Exception:
                 log.exception("lease renewal failed; retrying")
 
+    @property
+    def in_flight(self) -> int:
+        """Runs this process drives now (its slots in use)."""
+        return len(self._tasks)
+
+    def _beat(self, session: Session) -> None:
+        store.beat(session=session, worker_id=self.worker_id, concurrency=self.concurrency, running=len(self._tasks))
+
     async def _renew(self) -> None:
         """Extend the leases of the runs this process drives; stop an execution that lost its run
         (another worker took it over) or whose cancellation was requested elsewhere."""
@@ -648,6 +677,8 @@ class Executor:
         def renew(session: Session) -> tuple[set[str], list[str]]:
             owned = store.renew_leases(session=session, worker_id=self.worker_id, epochs=epochs,
                                        lease_seconds=self.lease_seconds)
+            if self._heartbeat:
+                self._beat(session)
             return owned, store.cancel_requested_ids(session=session, worker_id=self.worker_id)
 
         owned, cancelled = await self.db.run(renew)

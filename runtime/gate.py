@@ -40,7 +40,7 @@ from opentelemetry import trace
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
-from runtime import audit
+from runtime import audit, metrics
 from runtime.approval import ApprovalDecision
 from runtime.connectors.base import ActionSpec, end_call, start_call
 from runtime.errors import ApprovalRejected, NonDeterministicReplay, PermissionDenied, StewardError
@@ -235,6 +235,7 @@ class Gate:
         with tracer().start_as_current_span("steward.gate", context=parent, attributes=attrs) as span:
             if spec.scope not in self.grants:
                 span.set_attribute("steward.decision", "deny")
+                metrics.gate_decision(self.run, action=spec.name, decision="deny")
                 await journal.commit([journal.event("gate.decision", {**decision, "decision": "deny",
                                                                       "rule": "no grant"})])
                 raise PermissionDenied(
@@ -252,10 +253,12 @@ class Gate:
             recorded = self._replay(site, position, key, spec.name, request_digest)
             if recorded is not None:
                 span.set_attribute("steward.replayed", True)
+                metrics.gate_decision(self.run, action=spec.name, decision="replay")
                 await journal.commit([journal.event("connector.replayed",
                                                     {**allowed, "response_digest": audit.digest(recorded.response)})])
                 return recorded.response
             journal.check_stop()
+            metrics.gate_decision(self.run, action=spec.name, decision="allow")
             return await finish_then_cancel(
                 self._execute(spec, invoke, key, site, position, allowed, request_digest, attrs))
 
@@ -269,6 +272,8 @@ class Gate:
                 response = await invoke()
             except StewardError as exc:
                 call_span.set_attribute("steward.error", exc.code)
+                metrics.connector_call(spec.name, outcome=exc.code, attempts=call.attempts,
+                                       seconds=time.perf_counter() - started)
                 await journal.commit([journal.event("connector.failed", {
                     **allowed, "request_digest": request_digest, "error": exc.code, "message": exc.message,
                     "status": call.last_status, "attempts": call.attempts,
@@ -276,6 +281,8 @@ class Gate:
                 raise
             except Exception as exc:  # not the connector's own refusal (a response it could not decode, a bug)
                 call_span.record_exception(exc)
+                metrics.connector_call(spec.name, outcome="unexpected_error", attempts=call.attempts,
+                                       seconds=time.perf_counter() - started)
                 await journal.commit([journal.event("connector.failed", {
                     **allowed, "request_digest": request_digest, "error": "unexpected_error",
                     "message": f"{type(exc).__name__}: {exc}"[:500], "outcome": "unknown",
@@ -285,6 +292,8 @@ class Gate:
             finally:
                 end_call(token)
             call_span.set_attribute("steward.attempts", call.attempts)
+            metrics.connector_call(spec.name, outcome="ok", attempts=call.attempts,
+                                   seconds=time.perf_counter() - started)
         response_json = audit.canonical_json(response)  # digested and stored: serialise once
         await journal.commit(
             [journal.event("connector.call", {

@@ -157,6 +157,18 @@ class AuditHead(SQLModel, table=True):
     hash: str = Field(default="0" * 64, max_length=64)
 
 
+class WorkerHeartbeat(SQLModel, table=True):
+    """A worker process that takes runs, as it last reported itself (``/readyz`` reads ``seen_at``)."""
+
+    __tablename__ = "worker_heartbeats"
+
+    worker_id: str = Field(primary_key=True, max_length=200)
+    started_at: datetime = _ts()
+    seen_at: datetime = _ts(index=True)
+    concurrency: int
+    running: int = 0
+
+
 class ApiToken(SQLModel, table=True):
     __tablename__ = "api_tokens"
 

@@ -11,6 +11,7 @@ import functools
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from alembic.config import Config
@@ -60,11 +61,22 @@ def build_connectors(
     }
 
 
-def check_migrated(db: Database) -> None:
-    """Refuse to start on a database whose schema is behind the code."""
+@functools.cache
+def schema_head() -> str | None:
+    """The schema revision this code needs (the newest migration)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    head = ScriptDirectory.from_config(config).get_current_head()
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
+def schema_revision(session: Any) -> str | None:
+    """The schema revision the database is at."""
+    return MigrationContext.configure(session.connection()).get_current_revision()
+
+
+def check_migrated(db: Database) -> None:
+    """Refuse to start on a database whose schema is behind the code."""
+    head = schema_head()
     engine = create_engine(db.url, poolclass=pool.NullPool)
     try:
         with engine.connect() as connection:

@@ -8,6 +8,8 @@ Every field can be set by an environment variable named ``STEWARD_<FIELD>``
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -49,6 +51,8 @@ class Settings(BaseSettings):
     retry_initial_wait_seconds: float = Field(0.2, ge=0)
     retry_max_wait_seconds: float = Field(30.0, ge=0, description="Cap on one backoff, Retry-After included")
 
+    log_format: Literal["text", "json"] = Field("text", description=(
+        "text, or json: one object a line with run_id, request_id and trace_id"))
     token_cache_seconds: float = Field(1.0, ge=0, le=1.0, description=(
         "How long the server remembers who a bearer token belongs to; a revoked token stops working "
         "within this (at most a second)"))

@@ -11,7 +11,7 @@ from collections.abc import Collection, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, false, or_, select, text, tuple_, update
+from sqlalchemy import and_, bindparam, delete, false, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -25,6 +25,7 @@ from runtime.models import (
     Run,
     RunStatus,
     RunStep,
+    WorkerHeartbeat,
     WorkflowVersion,
     utcnow,
 )
@@ -84,6 +85,15 @@ def get_run_detail(*, session: Session, run_id: str, pending: Any) -> tuple[Run,
     ids = [approval_id for _, approval_id in sorted((parse_time(at), i) for at, i in
                                                       ((p["created_at"], p["id"]) for p in pending_rows))]
     return Run(**fields), step_rows, ids
+
+
+def active_run_counts(*, session: Session) -> dict[tuple[str, str, str], int]:
+    """Runs that have not ended, counted by ``(workflow, version, status)`` (for the metrics)."""
+    active = [RunStatus.queued, RunStatus.running, RunStatus.waiting_approval]
+    query = (select(Run.workflow, Run.version, Run.status, func.count()).where(Run.status.in_(active))
+             .group_by(Run.workflow, Run.version, Run.status))
+    return {(workflow, version, RunStatus(status).value): count
+            for workflow, version, status, count in session.execute(query).all()}
 
 
 def find_run_by_idempotency_key(*, session: Session, key: str) -> Run | None:
@@ -281,6 +291,25 @@ def running_runs_by_worker_prefix(*, session: Session, prefix: str) -> Sequence[
 def cancel_requested_ids(*, session: Session, worker_id: str) -> list[str]:
     query = select(Run.id).where(Run.worker_id == worker_id, Run.status == RunStatus.running, Run.cancel_requested)
     return list(session.scalars(query).all())
+
+
+def beat(*, session: Session, worker_id: str, concurrency: int, running: int) -> None:
+    """Report a worker alive now (insert or update its heartbeat)."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    now = utcnow()
+    statement = dialect.insert(WorkerHeartbeat).values(
+        worker_id=worker_id, started_at=now, seen_at=now, concurrency=concurrency, running=running)
+    session.execute(statement.on_conflict_do_update(index_elements=["worker_id"], set_={
+        "seen_at": now, "concurrency": concurrency, "running": running}))
+
+
+def forget_worker(*, session: Session, worker_id: str) -> None:
+    session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.worker_id == worker_id))
+
+
+def last_heartbeat(*, session: Session) -> Any:
+    """When any worker last reported itself alive (None: never, or every worker stopped cleanly)."""
+    return session.scalar(select(func.max(WorkerHeartbeat.seen_at)))
 
 
 def insert_workflow_version(*, session: Session, name: str, version: str, code_hash: str) -> bool:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from contextvars import ContextVar
 from http import HTTPStatus
 from typing import Any
 
@@ -36,13 +35,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime.db import is_transient
 from runtime.errors import DatabaseUnavailable, StewardError
+from runtime.logs import request_id
 
 log = logging.getLogger("steward.api")
 
 MEDIA_TYPE = "application/problem+json"
 HEADER = "X-Request-ID"
 _WELL_FORMED = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-request_id: ContextVar[str | None] = ContextVar("steward_request_id", default=None)
 
 
 class FieldError(BaseModel):

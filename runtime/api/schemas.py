@@ -85,6 +85,11 @@ class AuditPage(Page[AuditEventPublic]):
     """A page of audit events in chain order."""
 
 
+class Readiness(BaseModel):
+    status: Literal["ok"]
+    checks: dict[str, str] = Field(description="database, schema and worker: `ok (...)` each")
+
+
 class Me(BaseModel):
     user: str = Field(description="The token's user: every action taken with the token is recorded as theirs")
 
