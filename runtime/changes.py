@@ -12,13 +12,12 @@ A watcher also looks again every ``fallback_seconds`` on its own, so a missed no
 listening connection that dropped, another process writing the same SQLite file) delays an
 answer by at most that long, never loses it.
 
->>> with changes.watch(run_id) as changed:
-...     while True:
-...         changed.clear()
-...         run = await read(run_id)          # after clear(): a change committed meanwhile sets it again
-...         if done(run):
-...             break
+>>> with changes.watch(run_id) as changed:   # watching before the first read: no change is missed
+...     run = await read(run_id)
+...     while not done(run):
 ...         await changes.wait(changed, timeout=5)
+...         changed.clear()                   # then read: a change committed after this sets it again
+...         run = await read(run_id)
 """
 
 from __future__ import annotations

@@ -108,8 +108,8 @@ async def get_run(
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 break
-            changed.clear()  # a change committed after this is seen by the next read or sets it again
             await steward.changes.wait(changed, timeout=left)  # or a fallback look, every second at most
+            changed.clear()  # before the read: a change committed after this sets it again
             detail = await run_detail(steward, run_id)
     return detail
 
@@ -149,11 +149,11 @@ async def _events(steward: Any, run_id: str, detail: RunDetail) -> AsyncIterator
                 quiet_since = loop.time()
             if status in FINISHED:
                 return
-            changed.clear()
             if not await steward.changes.wait(changed, timeout=HEARTBEAT_SECONDS):
                 if loop.time() - quiet_since >= HEARTBEAT_SECONDS:
                     yield b": keep-alive\n\n"  # proxies close idle streams; a comment line is ignored
                     quiet_since = loop.time()
+            changed.clear()  # before the read: a change committed after this sets it again
             detail = await run_detail(steward, run_id)
 
 

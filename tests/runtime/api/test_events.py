@@ -257,3 +257,32 @@ def test_a_runs_detail_is_one_query(client) -> None:
             event.remove(engine, "before_cursor_execute", count)
     assert [s["node"] for s in detail["steps"]] == ["read_prices", "apply_prices"]
     assert detail["pending_approval_ids"] == [detail["pending_approval_id"]] and detail["pending_approval_id"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_change_landing_between_the_first_read_and_the_wait_is_not_lost(client, monkeypatch) -> None:
+    """The hostile interleaving: the run changes right after the long-poll's first read, before it waits."""
+    from runtime.api import runs as runs_api
+
+    steward = client.app.state.steward
+    steward.changes.fallback_seconds = 60.0
+    created = client.post("/api/v1/runs", json={"workflow": "price_change", "input": PRICE_115}, headers=OPERATOR)
+    run_id = created.json()["id"]
+    deadline = time.monotonic() + 30
+    while client.get(f"/api/v1/runs/{run_id}", headers=OPERATOR).json()["status"] != "waiting_approval":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    real = runs_api.run_detail
+    reads = []
+
+    async def read_then_change(steward_, run_id_):
+        detail = await real(steward_, run_id_)
+        reads.append(detail.status)
+        if len(reads) == 1:  # the change commits (and is announced) after this read, before the wait
+            await steward_.executor.cancel(run_id=run_id_, actor="someone-else")
+        return detail
+
+    monkeypatch.setattr(runs_api, "run_detail", read_then_change)
+    answer = client.get(f"/api/v1/runs/{run_id}", params={"wait": 20}, headers=OPERATOR)
+    assert answer.json()["status"] == "cancelled", "the change was lost: answered by the timeout"
+    assert answer.elapsed.total_seconds() < 20
