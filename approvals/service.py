@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from opentelemetry.trace import Link
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
@@ -17,7 +18,7 @@ from runtime import audit
 from runtime import store as runtime_store
 from runtime.errors import Conflict, InputInvalid
 from runtime.models import RunStatus, utcnow
-from runtime.telemetry import run_parent, tracer
+from runtime.telemetry import current_trace_id, run_root, tracer
 
 
 async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, comment: str = "") -> ApprovalRequest:
@@ -46,11 +47,15 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
                 + "; a decision cannot be changed"
             )
         attrs = {"steward.run_id": run.id, "steward.approval_id": approval_id, "steward.decision": decision}
-        with tracer().start_as_current_span("steward.approval.decide", context=run_parent(run.trace_id),
-                                            attributes=attrs):
-            audit.append(session, kind="approval.decided", actor=actor, run=run, data={
+        # In the decision's own trace (its HTTP request's), linked to the run's root span; the audit event
+        # stays in the run's trace and names the decision's.
+        root = run_root(run.trace_id, run.root_span_id)
+        with tracer().start_as_current_span("steward.approval.decide", attributes=attrs,
+                                            links=[Link(root)] if root is not None else None):
+            audit.append(session, kind="approval.decided", actor=actor, run=run, trace_id=run.trace_id, data={
                 "approval_id": approval_id, "decision": decision, "comment": comment,
                 "action": approval.action, "arguments_hash": approval.arguments_hash,
+                "decision_trace_id": current_trace_id(),
             })
             undecided = list_approvals(session=session, run_id=run.id, status=ApprovalStatus.pending)
             if not undecided and run.status == RunStatus.waiting_approval:

@@ -19,6 +19,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from runtime import metrics, store
 from runtime.api import audit_routes, problems, runs, workflows
@@ -30,6 +31,7 @@ from runtime.sdk import Registry, load_object
 from runtime.models import utcnow
 from runtime.service import open_steward, schema_head, schema_revision
 from runtime.settings import SANDBOX_TOKEN, Settings
+from runtime.telemetry import setup_tracing
 
 DEMO_TOKENS = {"demo.operator": "steward-demo-operator", "demo.approver": "steward-demo-approver"}
 
@@ -117,6 +119,9 @@ def create_app(
     )
 
     problems.install(app)
+    setup_tracing()
+    # Every HTTP request is a server span (W3C traceparent honoured); probes and scrapes are not traced.
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
     app.state.tokens = TokenCache(seconds=settings.token_cache_seconds)
 
     @app.get("/healthz", tags=["health"], operation_id="health-live", summary="Liveness: the process answers")

@@ -60,7 +60,7 @@ from runtime.models import (
     utcnow,
 )
 from runtime.sdk import Registry, Workflow
-from runtime.telemetry import run_parent, tracer
+from runtime.telemetry import fail_span, run_parent, tracer
 
 log = logging.getLogger("steward.executor")
 SYSTEM = "steward"
@@ -175,9 +175,11 @@ class Executor:
                 {"loc": ["idempotency_key"], "msg": "1 to 200 characters", "type": "string_length"}])
         # Scoped to the actor, unambiguously: actor "a:b" with key "c" is not actor "a" with key "b:c".
         scoped_key = f"{len(actor)}:{actor}:{idempotency_key}" if idempotency_key else None
-        with tracer().start_as_current_span("steward.submit") as span:
+        with tracer().start_as_current_span("steward.submit") as span:  # the run's root, exported at once
+            context = span.get_span_context()
             run = Run(workflow=wf.name, version=wf.version, input=data, created_by=actor,
-                      idempotency_key=scoped_key, trace_id=format(span.get_span_context().trace_id, "032x"))
+                      idempotency_key=scoped_key, trace_id=format(context.trace_id, "032x"),
+                      root_span_id=format(context.span_id, "016x"))
             span.set_attributes({"steward.run_id": run.id, "steward.workflow": wf.name, "steward.version": wf.version})
 
             def create(session: Session) -> tuple[Run, bool]:
@@ -323,7 +325,8 @@ class Executor:
         config = {"configurable": {"thread_id": run.id, EPOCH: journal.epoch, WORKER: run.worker_id}}
         attrs = {"steward.run_id": run.id, "steward.workflow": run.workflow, "steward.version": run.version}
         spans: dict[str, trace.Span] = {}
-        with tracer().start_as_current_span("steward.run", context=run_parent(run.trace_id), attributes=attrs) as run_span:
+        with tracer().start_as_current_span("steward.run", context=run_parent(run.trace_id, run.root_span_id),
+                                            attributes=attrs) as run_span:
             try:
                 # A run taken up for the first time has no checkpoint yet; any later execution resumes
                 # the latest one, and LangGraph alone decides what is left to do (a task whose writes
@@ -373,6 +376,7 @@ class Executor:
             except (ExecutionStopped, GraphDrained) as exc:
                 return await self._stopped(run, journal, exc)
             except ApprovalRejected as exc:
+                fail_span(run_span, exc.code, exc.message)
                 return await self._end(journal, RunStatus.rejected, error=exc.to_dict())
             except Exception as exc:
                 if journal.stopping is not None:
@@ -381,7 +385,9 @@ class Executor:
                     return await self._suspend(run, journal, exc)
                 log.warning("run %s failed: %s", run.id, exc)  # a node raised: the run fails with the reason
                 run_span.record_exception(exc)
-                return await self._end(journal, RunStatus.failed, error=_error(exc))
+                error = _error(exc)
+                fail_span(run_span, error["code"], error["message"])
+                return await self._end(journal, RunStatus.failed, error=error)
             finally:
                 for span in spans.values():
                     span.end()
@@ -497,6 +503,8 @@ class Executor:
         span = spans.pop(task_id, None)
         if span is not None:
             span.set_attribute("steward.step_status", status.value)
+            if status is StepStatus.failed:
+                fail_span(span, "step_failed", str(event.get("error")))
             span.end()
         journal.step_finished(task_id=task_id, node=node, status=status, error=error)
         if task_id in begun:

@@ -45,7 +45,7 @@ from runtime.approval import ApprovalDecision
 from runtime.connectors.base import ActionSpec, end_call, start_call
 from runtime.errors import ApprovalRejected, NonDeterministicReplay, PermissionDenied, StewardError
 from runtime.journal import Journal, Recorded
-from runtime.telemetry import tracer
+from runtime.telemetry import fail_span, tracer
 
 APPROVAL = "steward.approval"
 RECORD = "record"
@@ -232,9 +232,11 @@ class Gate:
         }
         journal = self.journal
         parent = self._enter_step(site)
-        with tracer().start_as_current_span("steward.gate", context=parent, attributes=attrs) as span:
+        with tracer().start_as_current_span("steward.gate", context=parent, attributes=attrs,
+                                            set_status_on_exception=False) as span:  # fail_span sets it
             if spec.scope not in self.grants:
                 span.set_attribute("steward.decision", "deny")
+                fail_span(span, PermissionDenied.code, f"scope {spec.scope!r} is not granted")
                 metrics.gate_decision(self.run, action=spec.name, decision="deny")
                 await journal.commit([journal.event("gate.decision", {**decision, "decision": "deny",
                                                                       "rule": "no grant"})])
@@ -265,13 +267,14 @@ class Gate:
     async def _execute(self, spec: ActionSpec, invoke: Callable[[], Awaitable[Any]], key: str, site: CallSite,
                        position: int, allowed: dict[str, Any], request_digest: str, attrs: dict[str, Any]) -> Any:
         journal = self.journal
-        with tracer().start_as_current_span(f"steward.connector {spec.name}", attributes=attrs) as call_span:
+        with tracer().start_as_current_span(f"steward.connector {spec.name}", attributes=attrs,
+                                            set_status_on_exception=False) as call_span:  # fail_span sets it
             call, token = start_call(key if spec.effect.has_side_effect else None)
             started = time.perf_counter()
             try:
                 response = await invoke()
             except StewardError as exc:
-                call_span.set_attribute("steward.error", exc.code)
+                fail_span(call_span, exc.code, exc.message)
                 metrics.connector_call(spec.name, outcome=exc.code, attempts=call.attempts,
                                        seconds=time.perf_counter() - started)
                 await journal.commit([journal.event("connector.failed", {
@@ -281,6 +284,7 @@ class Gate:
                 raise
             except Exception as exc:  # not the connector's own refusal (a response it could not decode, a bug)
                 call_span.record_exception(exc)
+                fail_span(call_span, "unexpected_error", type(exc).__name__)
                 metrics.connector_call(spec.name, outcome="unexpected_error", attempts=call.attempts,
                                        seconds=time.perf_counter() - started)
                 await journal.commit([journal.event("connector.failed", {

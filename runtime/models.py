@@ -73,6 +73,8 @@ class Run(SQLModel, table=True):
     created_by: str = Field(max_length=200)
     idempotency_key: str | None = Field(default=None, unique=True, max_length=420)
     trace_id: str | None = Field(default=None, max_length=32)
+    root_span_id: str | None = Field(default=None, max_length=16,
+                                     description="The run's root span (its submit span): every execution's parent")
     cancel_requested: bool = False
     status_reason: str | None = Field(default=None, max_length=500,
                                       description="Why the run is in its status, e.g. parked: its version is not loaded")

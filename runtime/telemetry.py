@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 
 from runtime.errors import StewardError
 
@@ -111,14 +111,26 @@ def current_trace_id() -> str | None:
     return format(ctx.trace_id, "032x") if ctx.is_valid else None
 
 
-def run_parent(trace_id: str | None) -> Any:
-    """A parent context in a run's trace: all of a run's spans share the trace id chosen at submit."""
+def run_root(trace_id: str | None, root_span_id: str | None = None) -> SpanContext | None:
+    """The span context of a run's root span (its ``steward.submit`` span, exported when the run was
+    created). A run stored before root spans were kept gets a made-up parent in its trace."""
     if not trace_id:
         return None
-    span_context = SpanContext(
+    return SpanContext(
         trace_id=int(trace_id, 16),
-        span_id=random.getrandbits(64) or 1,
+        span_id=int(root_span_id, 16) if root_span_id else (random.getrandbits(64) or 1),
         is_remote=True,
         trace_flags=TraceFlags(TraceFlags.SAMPLED),
     )
-    return trace.set_span_in_context(NonRecordingSpan(span_context))
+
+
+def run_parent(trace_id: str | None, root_span_id: str | None = None) -> Any:
+    """A parent context under a run's root span: all of a run's spans share its trace."""
+    root = run_root(trace_id, root_span_id)
+    return None if root is None else trace.set_span_in_context(NonRecordingSpan(root))
+
+
+def fail_span(span: Any, code: str, description: str = "") -> None:
+    """Mark ``span`` failed: status ERROR with Steward's error ``code`` (also as ``steward.error``)."""
+    span.set_attribute("steward.error", code)
+    span.set_status(Status(StatusCode.ERROR, f"{code}: {description}"[:500] if description else code))

@@ -55,3 +55,18 @@ def single_node_workflow(name: str, node, *, grants: set[str], state: type = dic
 
     return Workflow(name=name, version="1.0.0", owner=OWNER, description=f"test workflow {name}",
                     input_model=Empty, build=build, grants=grants)
+
+
+def settle(client: Any, run_id: str, until: set[str], *, headers: dict[str, str] | None = None,
+           wait: float = 30) -> dict[str, Any]:
+    """Follow a run through the API's long-poll (``?wait=&seen=``) until its status is in ``until``; a
+    bounded number of requests, each answered by a change, not a timer."""
+    headers = headers or {"Authorization": "Bearer steward-demo-operator"}
+    seen = None
+    for _ in range(20):
+        run = client.get(f"/api/v1/runs/{run_id}", params={"wait": wait, **({"seen": seen} if seen else {})},
+                         headers=headers).json()
+        if run["status"] in until:
+            return run
+        seen = run["status"]
+    raise AssertionError(f"run {run_id} never reached {until}")

@@ -28,6 +28,7 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import httpx
+from opentelemetry.propagate import inject
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -208,6 +209,7 @@ class Connector:
         headers = {}
         if call is not None and call.idempotency_key and method.upper() != "GET":
             headers["Idempotency-Key"] = call.idempotency_key
+        inject(headers)  # traceparent: the service's own spans join the call's trace (W3C Trace Context)
 
 
         async def attempt() -> Any:

@@ -15,10 +15,11 @@ import httpx
 import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import text, update
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from runtime import logs
+from tests.fakes import settle
 from runtime.models import WorkerHeartbeat, utcnow
 
 OPERATOR = {"Authorization": "Bearer steward-demo-operator"}
@@ -38,17 +39,6 @@ def value(samples: dict, name: str, **labels: str) -> float:
     """The sum of ``name`` over every sample carrying ``labels`` (0 when none)."""
     wanted = set(labels.items())
     return sum(v for (n, l), v in samples.items() if n == name and wanted <= l)
-
-
-def settle(client, run_id: str, until: set[str]) -> dict[str, Any]:
-    seen = None
-    for _ in range(20):
-        run = client.get(f"/api/v1/runs/{run_id}", params={"wait": 30, **({"seen": seen} if seen else {})},
-                         headers=OPERATOR).json()
-        if run["status"] in until:
-            return run
-        seen = run["status"]
-    pytest.fail(f"run {run_id} never reached {until}")
 
 
 def start(client, payload: dict[str, Any]) -> str:
@@ -128,17 +118,19 @@ def test_readyz_reports_each_check(client) -> None:
 
 def test_readyz_is_503_without_a_recent_worker_heartbeat_and_with_a_schema_behind(client) -> None:
     steward = client.app.state.steward
-    steward.db.transaction(lambda s: s.execute(update(WorkerHeartbeat).values(
-        seen_at=utcnow() - timedelta(seconds=steward.settings.lease_seconds * 3))))
+    client.portal.call(steward.executor.stop)  # a clean stop: this worker no longer reports itself
+    gone = client.get("/readyz")
+    assert gone.status_code == 503 and "no worker" in gone.json()["details"]["checks"]["worker"]
+    stale_at = utcnow() - timedelta(seconds=steward.settings.lease_seconds * 3)
+    steward.db.transaction(lambda s: s.add(WorkerHeartbeat(worker_id="host:1:dead", started_at=stale_at,
+                                                           seen_at=stale_at, concurrency=1)))
     stale = client.get("/readyz")
     assert stale.status_code == 503 and stale.headers["content-type"] == "application/problem+json"
     assert stale.json()["code"] == "not_ready" and "worker" in stale.json()["detail"]
+    assert "none seen for" in stale.json()["details"]["checks"]["worker"]
     assert stale.json()["details"]["checks"]["database"] == "ok"
-
-    deadline = time.monotonic() + 30  # the worker's next lease renewal reports it again
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "the heartbeat never came back"
-        time.sleep(0.2)
+    client.portal.call(steward.executor.start)  # reports itself at once
+    assert client.get("/readyz").status_code == 200
 
     revision = steward.db.transaction(lambda s: s.execute(text("SELECT version_num FROM alembic_version")).scalar())
     steward.db.transaction(lambda s: s.execute(text("UPDATE alembic_version SET version_num = '0005'")))
