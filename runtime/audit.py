@@ -108,7 +108,7 @@ def pending_event(
         "run_id": run.id if run else None,
         "workflow": run.workflow if run else None,
         "version": run.version if run else None,
-        "trace_id": trace_id or current_trace_id() or (run.trace_id if run else None),
+        "trace_id": trace_id or (run.trace_id if run else None) or current_trace_id(),
         "data": (data or {}) if trusted else scrub(data or {}),
     }
 

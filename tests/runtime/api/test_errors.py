@@ -58,7 +58,7 @@ def test_a_raw_driver_failure_is_503_json_and_an_unexpected_one_500_json(app_cli
 
 
 def test_readiness_reports_the_database_liveness_does_not(app_client, monkeypatch) -> None:
-    assert app_client.get("/readyz").json() == {"status": "ok"}
+    assert app_client.get("/readyz").json()["status"] == "ok"
     db = app_client.app.state.steward.db
 
     async def down(fn):
@@ -66,7 +66,8 @@ def test_readiness_reports_the_database_liveness_does_not(app_client, monkeypatc
 
     monkeypatch.setattr(db, "run", down)
     ready = app_client.get("/readyz")
-    assert ready.status_code == 503 and ready.json()["code"] == "database_unavailable" and ready.json()["retryable"]
+    assert ready.status_code == 503 and ready.json()["code"] == "not_ready" and ready.json()["retryable"]
+    assert "does not answer" in ready.json()["details"]["checks"]["database"]
     assert app_client.get("/healthz").status_code == 200
 
 
