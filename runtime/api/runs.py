@@ -95,16 +95,26 @@ async def get_run(
         "many seconds with the run as it stands"))] = None,
     seen: Annotated[RunStatus | None, Query(description=(
         "With `wait`: the status you last saw (default: the status when the request arrives)"))] = None,
+    until: Annotated[list[RunStatus] | None, Query(description=(
+        "With `wait`: answer only once the run is in one of these statuses (repeat the parameter), e.g. "
+        "`until=waiting_approval&until=succeeded&until=failed`; `seen` is then ignored"))] = None,
 ) -> RunDetail:
     """Without ``wait``, the run now. With ``wait``, the first state after a change of status: a client
-    follows a run to its end with ``?wait=30&seen=<status it last saw>`` in a loop, no request wasted."""
+    follows a run to its end with ``?wait=30&seen=<status it last saw>`` in a loop, no request wasted,
+    or in one request with ``until``."""
     if wait is None:
         return await run_detail(steward, run_id)
     deadline = asyncio.get_running_loop().time() + wait
     with steward.changes.watch(run_id) as changed:
         detail = await run_detail(steward, run_id)
         baseline = seen or detail.status
-        while detail.status == baseline and detail.status not in FINISHED:
+
+        def waiting(status: RunStatus) -> bool:
+            if status in FINISHED:
+                return False
+            return status not in until if until else status == baseline
+
+        while waiting(detail.status):
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 break

@@ -89,7 +89,22 @@ def test_seen_closes_the_race_and_an_unchanged_run_answers_at_the_timeout(live_s
     assert again.json()["status"] == finished["status"] and again.elapsed.total_seconds() < 30
 
 
-@pytest.mark.parametrize("bad", [{"wait": 0}, {"wait": 61}, {"wait": "soon"}, {"wait": 5, "seen": "asleep"}])
+def test_until_answers_in_one_request_once_the_run_reaches_one_of_the_statuses(live_server) -> None:
+    slow_fallback(live_server)
+    base = live_server.url
+    run = submit(base)
+    answer = httpx.get(f"{base}/api/v1/runs/{run['id']}", headers=OPERATOR, timeout=40,
+                       params=[("wait", 30), ("until", "waiting_approval"), ("until", "succeeded")])
+    assert answer.json()["status"] == "waiting_approval" and answer.elapsed.total_seconds() < 30
+    # a run that ends in a status not asked for answers at its end all the same
+    cancelled = httpx.post(f"{base}/api/v1/runs/{run['id']}/cancel", headers=OPERATOR).json()
+    again = httpx.get(f"{base}/api/v1/runs/{run['id']}", headers=OPERATOR, timeout=40,
+                      params={"wait": 30, "until": "succeeded"})
+    assert cancelled["status"] == again.json()["status"] == "cancelled" and again.elapsed.total_seconds() < 30
+
+
+@pytest.mark.parametrize("bad", [{"wait": 0}, {"wait": 61}, {"wait": "soon"}, {"wait": 5, "seen": "asleep"},
+                                 {"wait": 5, "until": "asleep"}])
 def test_bad_wait_parameters_are_field_errors(live_server, bad) -> None:
     answer = httpx.get(f"{live_server.url}/api/v1/runs/nope", params=bad, headers=OPERATOR)
     assert answer.status_code == 422 and answer.headers["content-type"] == "application/problem+json"
