@@ -22,6 +22,7 @@ import random
 import socket
 import time
 import uuid
+from datetime import timedelta
 from collections.abc import Mapping
 from typing import Any
 
@@ -564,7 +565,11 @@ class Executor:
         self._stopping = False
         self._heartbeat = poll
         if poll:  # this process takes runs: say so now, then at every lease renewal (see /readyz)
-            await self.db.run(self._beat)
+            def first_beat(session: Session) -> None:
+                store.forget_silent_workers(session=session, older_than=timedelta(days=1))
+                self._beat(session)
+
+            await self.db.run(first_beat)
         self._loops = [asyncio.create_task(self._lease_loop())]
         if poll:
             self._loops.append(asyncio.create_task(self._poll_loop()))

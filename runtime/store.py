@@ -307,6 +307,11 @@ def forget_worker(*, session: Session, worker_id: str) -> None:
     session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.worker_id == worker_id))
 
 
+def forget_silent_workers(*, session: Session, older_than: timedelta) -> int:
+    """Drop the heartbeats of workers silent for longer than ``older_than`` (killed, never stopped cleanly)."""
+    return session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.seen_at < utcnow() - older_than)).rowcount
+
+
 def last_heartbeat(*, session: Session) -> Any:
     """When any worker last reported itself alive (None: never, or every worker stopped cleanly)."""
     return session.scalar(select(func.max(WorkerHeartbeat.seen_at)))
