@@ -23,4 +23,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
 
 clean:
-	rm -rf $(VENV) steward.db steward.db-shm steward.db-wal .pytest_cache
+	rm -rf $(VENV) steward.db steward.db-shm steward.db-wal steward-sandbox.db steward-sandbox.db-shm steward-sandbox.db-wal .pytest_cache

@@ -26,7 +26,6 @@ from runtime.api import audit_routes, problems, runs, workflows
 from runtime.api.deps import TokenCache, UserDep, reject_unknown_query
 from runtime.api.schemas import Me, Readiness
 from runtime.connectors import Connector
-from runtime.sandbox import create_sandbox_app
 from runtime.sdk import Registry, load_object
 from runtime.models import utcnow
 from runtime.service import open_steward, schema_head, schema_revision
@@ -162,6 +161,7 @@ def create_app(
     for router in extra:
         api.include_router(router)
     app.include_router(api)
-    if settings.mount_sandbox:
-        app.mount("/sandbox", create_sandbox_app(token=SANDBOX_TOKEN))
+    if settings.sandbox_mounted:  # demo mode only, unless STEWARD_MOUNT_SANDBOX says otherwise
+        app.mount("/sandbox", load_object("sandbox:create_sandbox_app")(path=settings.sandbox_path,
+                                                                         token=SANDBOX_TOKEN))
     return app

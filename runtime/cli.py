@@ -363,13 +363,19 @@ def worker_command(
 def sandbox(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8100,
+    path: Annotated[str, typer.Option(help="Its state (records, prices, idempotency replies), kept across restarts")]
+    = "steward-sandbox.db",
+    rate_limit: Annotated[int | None, typer.Option(min=1, help="Answer 429 (Retry-After) past this many requests a "
+                                                              "second, as HubSpot's secondly limit")] = None,
 ) -> None:
-    """Serve only the sandbox CRM and pricing service (its URLs: /crm and /pricing)."""
+    """Serve only the sandbox: HubSpot's CRM API under /crm, the pricing API under /pricing (token
+    sandbox-token)."""
+    import importlib
+
     import uvicorn
 
-    from runtime.sandbox import create_sandbox_app
-
-    uvicorn.run(create_sandbox_app(), host=host, port=port, log_level="warning")
+    create_sandbox_app = importlib.import_module("sandbox").create_sandbox_app  # not a dependency of the engine
+    uvicorn.run(create_sandbox_app(path=path, rate_limit=rate_limit), host=host, port=port, log_level="warning")
 
 
 # -- local administration -------------------------------------------------------------------

@@ -40,7 +40,9 @@ class Settings(BaseSettings):
         "approvals.store:PORT",
         description="module:attr naming the approval port (runtime.approval.ApprovalPort) the engine asks",
     )
-    mount_sandbox: bool = Field(True, description="Serve the sandbox CRM and pricing service under /sandbox")
+    mount_sandbox: bool | None = Field(None, description=(
+        "Serve the sandbox CRM and pricing service under /sandbox (default: in demo mode only)"))
+    sandbox_path: str = Field("steward-sandbox.db", description="The mounted sandbox's own SQLite file")
     crm_url: str = Field("", description="Default: this server's own sandbox, /sandbox/crm")
     crm_token: str = SANDBOX_TOKEN
     pricing_url: str = Field("", description="Default: this server's own sandbox, /sandbox/pricing")
@@ -81,6 +83,10 @@ class Settings(BaseSettings):
                     f"points at {url!r}; set a real token or use STEWARD_DEMO=true"
                 )
         return self
+
+    @property
+    def sandbox_mounted(self) -> bool:
+        return self.demo if self.mount_sandbox is None else self.mount_sandbox
 
     @property
     def is_sqlite(self) -> bool:

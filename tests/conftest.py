@@ -18,7 +18,6 @@ import psycopg
 import pytest
 
 from runtime.db import Database
-from runtime.sandbox import create_sandbox_app
 from runtime.service import Steward, build_connectors, open_steward
 from runtime.settings import Settings
 from tests.fakes import instant_retry
@@ -92,13 +91,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
 @pytest.fixture
 def sandbox():
     """An in-process sandbox CRM and pricing service (its state is ``sandbox.state.sandbox``)."""
+    from sandbox import create_sandbox_app
+
     return create_sandbox_app()
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
+def settings(database_url: str, tmp_path) -> Settings:
     return Settings(database_url=database_url, crm_url="http://sandbox/crm", pricing_url="http://sandbox/pricing",
-                    demo=True, lease_seconds=5, executor_poll_seconds=0.05)
+                    demo=True, lease_seconds=5, executor_poll_seconds=0.05,
+                    sandbox_path=str(tmp_path / "mounted-sandbox.db"))
 
 
 @pytest.fixture
@@ -168,13 +170,14 @@ def wait_for_http(url: str, *, seconds: float = 30) -> None:
 
 
 @pytest.fixture
-def sandbox_process() -> Iterator[str]:
+def sandbox_process(tmp_path) -> Iterator[str]:
     """The sandbox as its own process (it outlives the Steward processes a test kills); yields its URL."""
     import subprocess
     import sys
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "sandbox", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "sandbox", "--port", str(port),
+                             "--path", str(tmp_path / "sandbox.db")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -200,6 +203,7 @@ def cli_env(database_url: str, sandbox_process: str, tmp_path) -> dict[str, str]
         "STEWARD_CRM_URL": f"{sandbox_process}/crm",
         "STEWARD_PRICING_URL": f"{sandbox_process}/pricing",
         "STEWARD_DEMO": "true",
+        "STEWARD_SANDBOX_PATH": str(tmp_path / "mounted-sandbox.db"),
         "OTEL_TRACES_EXPORTER": "none",
     }
 

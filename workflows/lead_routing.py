@@ -125,7 +125,8 @@ async def score(state: State, runtime: Runtime[StepContext]) -> State:
 async def assign(state: State, runtime: Runtime[StepContext]) -> State:
     owners = await runtime.context.crm.list_owners()
     region = territory(state["country"])
-    owner = next((o for o in owners if o.get("territory") == region), owners[0])
+    # A territory is a HubSpot team of the same name ("EU", "APAC", "NA"): owners carry their teams.
+    owner = next((o for o in owners if any(team.get("name") == region for team in o.get("teams") or [])), owners[0])
     return {"owner": {"id": owner["id"], "email": owner["email"], "territory": region}}
 
 
@@ -170,7 +171,7 @@ def build() -> StateGraph:
 
 workflow = Workflow(
     name="lead_routing",
-    version="1.0.0",
+    version="1.1.0",  # 1.1.0: territories are HubSpot teams (1.0.0 read a field HubSpot owners do not have)
     owner=Owner(name="Sales Operations Lead", email="sales-ops@example.com"),
     description="Route an inbound lead: dedupe against CRM contacts, score, assign an owner, open a deal, note why.",
     input_model=LeadInput,

@@ -38,7 +38,7 @@ def test_killed_worker_run_is_finished_by_a_restarted_server_without_duplicate_w
     log.close()
     assert worker.returncode == -signal.SIGKILL
 
-    writes = httpx.get(f"{sandbox_process}/_writes").json()
+    writes = httpx.get(f"{sandbox_process}/_writes", headers={"Authorization": "Bearer sandbox-token"}).json()
     assert writes["total"] == 1, "the first write happened before the kill"
 
     port = free_port()
@@ -70,7 +70,7 @@ def test_killed_worker_run_is_finished_by_a_restarted_server_without_duplicate_w
         server.wait(timeout=20)
         server_log.close()
 
-    writes = httpx.get(f"{sandbox_process}/_writes").json()
+    writes = httpx.get(f"{sandbox_process}/_writes", headers={"Authorization": "Bearer sandbox-token"}).json()
     assert writes["total"] == 2 and set(writes["writes"].values()) == {1}, writes
     verify = subprocess.run([*STEWARD, "audit", "verify"], env=env, capture_output=True, text=True)
     assert verify.returncode == 0, verify.stderr

@@ -104,9 +104,18 @@ async def test_lead_routing_creates_contact_deal_and_note(steward: Steward, sand
     objects = sandbox.state.sandbox.objects
     deal = objects["deals"][out["deal_id"]]
     assert deal["properties"]["hubspot_owner_id"] == "501"
-    assert deal["associations"][0]["to"]["id"] == out["contact_id"]
+    assert deal["associations"]["contacts"] == [out["contact_id"]]
     assert "score 85" in objects["notes"][out["note_id"]]["properties"]["hs_note_body"]
     assert objects["contacts"][out["contact_id"]]["properties"]["email"] == "jane@acme.io"
+
+
+async def test_lead_routing_assigns_the_owner_of_the_leads_territory_team(steward: Steward, sandbox) -> None:
+    lead = {"email": "kaito@example.jp", "first_name": "Kaito", "last_name": "Mori", "country": "JP",
+            "source": "web"}
+    run, _ = await steward.executor.submit(workflow="lead_routing", input=lead, actor="web-form")
+    run = await steward.executor.drive(run.id)
+    assert run.status == RunStatus.succeeded, run.error
+    assert run.output["owner"] == {"id": "502", "email": "kenji.sato@example.com", "territory": "APAC"}
 
 
 async def test_lead_routing_dedupes_existing_contact(steward: Steward, sandbox) -> None:

@@ -195,7 +195,7 @@ async def test_killed_between_pending_writes_and_checkpoint_the_run_continues(
         assert run.output["summary"] == {"changed": 1, "largest_change_pct": "15.00", "approved_by": "bob",
                                          "reason": "supplier cost up"}
         assert (await steward.db.run(audit.verify)).ok
-    writes = httpx.get(f"{sandbox_process}/_writes").json()
+    writes = httpx.get(f"{sandbox_process}/_writes", headers={"Authorization": "Bearer sandbox-token"}).json()
     assert writes["total"] == 1, writes
     assert httpx.get(f"{sandbox_process}/pricing/prices/SKU-1001",
                      headers={"Authorization": "Bearer sandbox-token"}).json()["amount"] == "115.00"

@@ -17,7 +17,7 @@ from hypothesis.errors import Unsatisfiable
 from approvals import api as approvals_api
 from runtime.api import audit_routes, runs
 from runtime.app import create_app
-from runtime.sandbox import create_sandbox_app
+from sandbox import create_sandbox_app
 from runtime.service import build_connectors
 from runtime.settings import Settings
 from tests.fakes import instant_retry
@@ -30,7 +30,7 @@ def api_schema(tmp_path_factory):
     path = tmp_path_factory.mktemp("contract") / "steward.db"
     steward_settings = Settings(database_url=f"sqlite:///{path}", crm_url="http://sandbox/crm",
                                 pricing_url="http://sandbox/pricing", demo=True, lease_seconds=5,
-                                executor_poll_seconds=0.05)
+                                executor_poll_seconds=0.05, sandbox_path=str(path.with_name("sandbox.db")))
     connectors = build_connectors(steward_settings, transport=httpx.ASGITransport(app=create_sandbox_app()),
                                   retry=instant_retry())
     app = create_app(steward_settings, connectors=connectors)
