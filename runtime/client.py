@@ -100,9 +100,16 @@ class Api:
 
     @classmethod
     def from_environment(cls) -> Api:
+        """The server and token to use: the environment's, else what ``steward login`` stored. A stored
+        token goes only to the server it was stored for, never to another one ``STEWARD_URL`` names."""
         stored = read_credentials()
-        url = os.environ.get("STEWARD_URL") or stored.get("url") or DEFAULT_URL
-        token = os.environ.get("STEWARD_TOKEN") or stored.get("token")
+        url = (os.environ.get("STEWARD_URL") or stored.get("url") or DEFAULT_URL).rstrip("/")
+        token = os.environ.get("STEWARD_TOKEN")
+        if not token and stored.get("token"):
+            if stored.get("url", "").rstrip("/") != url:
+                raise ClientError(f"the stored token is for {stored.get('url')}, not {url}: set STEWARD_TOKEN for "
+                                  f"{url}, or run `steward login --url {url}`", status=401)
+            token = stored["token"]
         if not token:
             raise ClientError("no API token: set STEWARD_TOKEN or run `steward login`", status=401)
         return cls(url, token)

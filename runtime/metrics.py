@@ -27,10 +27,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import logging
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+log = logging.getLogger("steward.metrics")
 REGISTRY = CollectorRegistry(auto_describe=True)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -105,7 +108,17 @@ class StewardCollector(Collector):
         slots.add_metric(["in_use"], sum(source.slots()[0] for source in sources))
         slots.add_metric(["total"], sum(source.slots()[1] for source in sources))
         yield slots
-        counts = sources[-1].read(sources[-1].counts)
+        up = GaugeMetricFamily("steward_metrics_database_up",
+                               "1 when this scrape could read the database gauges below, 0 when it could not")
+        try:
+            counts = sources[-1].read(sources[-1].counts)
+        except Exception:  # noqa: BLE001 - the counters kept in memory matter most during an outage
+            log.warning("metrics: the database gauges are unavailable this scrape", exc_info=True)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
         runs = GaugeMetricFamily("steward_runs", "Runs that have not ended, by status", labels=[
             "workflow", "version", "status"])
         for (workflow, version, status), count in sorted(counts["runs"].items()):

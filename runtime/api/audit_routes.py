@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 from runtime import audit, store
 from runtime.api.deps import StewardDep, UserDep
 from runtime.api.problems import errors
-from runtime.api.paging import CursorQuery, Pages
+from runtime.api.paging import MAX_INT_KEY, CursorQuery, Pages
 from runtime.api.responses import json_body
 from runtime.api.schemas import AuditEventPublic, AuditPage
 
@@ -25,7 +25,7 @@ async def list_audit(
     steward: StewardDep,
     _: UserDep,
     run_id: Annotated[str | None, Query(max_length=32)] = None,
-    after_seq: Annotated[int, Query(ge=0, le=2**63 - 1, description="Start after this sequence number")] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=MAX_INT_KEY, description="Start after this sequence number")] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
     cursor: Annotated[str | None, CursorQuery] = None,
 ) -> Response:

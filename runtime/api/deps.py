@@ -39,13 +39,28 @@ class TokenCache:
             return None
         return hit[0]
 
-    def put(self, digest: str, user: str) -> None:
+    def put(self, digest: str, user: str, *, read_at: float) -> None:
+        """Remember ``user`` until ``seconds`` after ``read_at`` (when the lookup began: a lookup that
+        waited its turn does not stretch a revoked token's life)."""
         now = time.monotonic()
         if len(self._users) >= self.size:  # drop what has expired, else everything: a bound, never a leak
             self._users = {k: v for k, v in self._users.items() if v[1] > now}
             if len(self._users) >= self.size:
                 self._users.clear()
-        self._users[digest] = (user, now + self.seconds)
+        self._users[digest] = (user, read_at + self.seconds)
+
+
+async def user_of(request: Request, plain: str) -> str:
+    """Whom ``plain`` belongs to (cached up to a second), or :class:`Unauthorized`."""
+    cache: TokenCache = request.app.state.tokens
+    digest = store.hash_token(plain)
+    user = cache.get(digest)
+    if user is None:
+        read_at = time.monotonic()
+        user = await get_steward(request).db.run(lambda s: store.authenticate(session=s, plain=plain),
+                                                 read_only=True)
+        cache.put(digest, user, read_at=read_at)
+    return user
 
 
 async def current_user(
@@ -53,20 +68,29 @@ async def current_user(
 ) -> str:
     if credentials is None:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
-    cache: TokenCache = request.app.state.tokens
-    digest = store.hash_token(credentials.credentials)
-    user = cache.get(digest)
-    if user is None:
-        steward = get_steward(request)
-        user = await steward.db.run(lambda s: store.authenticate(session=s, plain=credentials.credentials),
-                                    read_only=True)
-        cache.put(digest, user)
-    return user
+    return await user_of(request, credentials.credentials)
+
+
+async def still_authorised(request: Request) -> None:
+    """For a request that stays open (a long-poll, an event stream): raise :class:`Unauthorized` once
+    its token no longer works (revoked: within a second), as a new request would."""
+    scheme, _, plain = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not plain:
+        raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+    await user_of(request, plain)
 
 
 def reject_unknown_query(request: Request) -> None:
     """A query parameter the operation does not take is an error, not silently ignored (a misspelt
-    filter would otherwise list everything)."""
+    filter would otherwise list everything); so is a NUL character in the path or a query value
+    (no database stores one in text)."""
+    if "\x00" in request.scope.get("path", ""):
+        raise InputInvalid("the path holds a NUL character", details=[
+            {"loc": ["path"], "msg": "NUL characters are not allowed", "type": "string_nul"}])
+    nul = [name for name, value in request.query_params.multi_items() if "\x00" in value or "\x00" in name]
+    if nul:
+        raise InputInvalid(f"query parameter(s) {', '.join(map(repr, nul))} hold a NUL character", details=[
+            {"loc": ["query", name], "msg": "NUL characters are not allowed", "type": "string_nul"} for name in nul])
     route = request.scope.get("route")
     if route is None or not request.query_params:
         return

@@ -25,7 +25,7 @@ import binascii
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Generic, TypeVar
 
 from fastapi import Query
@@ -35,6 +35,7 @@ from runtime.errors import InputInvalid
 
 T = TypeVar("T", bound=BaseModel)
 
+MAX_INT_KEY = 2**31 - 1  # integer keys (audit seq) are 32-bit columns
 CURSOR_DOC = ("Continue a listing: the `next_cursor` of the previous page. Send the same filters as for the "
               "first page; omit for the first page")
 CursorQuery = Query(max_length=1000, pattern=r"^[A-Za-z0-9_-]+$", description=CURSOR_DOC)
@@ -115,13 +116,16 @@ def _decode_key(raw: Any, types: tuple[type, ...]) -> list[Any]:
             moment = datetime.fromisoformat(value)
             if moment.tzinfo is None:
                 raise ValueError("malformed key")
-            key.append(moment)
+            try:  # as the column stores it: a time that has no UTC form is no cursor of Steward's
+                key.append(moment.astimezone(timezone.utc))
+            except OverflowError:
+                raise ValueError("malformed key") from None
         elif kind is int:
-            if type(value) is not int or not 0 <= value < 2**63:
+            if type(value) is not int or not 0 <= value <= MAX_INT_KEY:
                 raise ValueError("malformed key")
             key.append(value)
         else:
-            if not isinstance(value, kind) or len(str(value)) > 200:
+            if not isinstance(value, kind) or len(str(value)) > 200 or "\x00" in str(value):
                 raise ValueError("malformed key")
             key.append(value)
     return key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -11,11 +12,12 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from runtime import store
-from runtime.api.deps import StewardDep, UserDep
+from runtime.api.deps import StewardDep, UserDep, still_authorised
 from runtime.api.problems import errors
 from runtime.api.paging import CursorQuery, Pages
 from runtime.api.responses import json_body
 from runtime.api.schemas import RunCreate, RunDetail, RunPage, RunPublic, StepPublic
+from runtime.errors import Unauthorized
 from runtime.models import FINISHED, RunStatus
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -24,8 +26,9 @@ HEARTBEAT_SECONDS = 15.0
 EVENTS_DOC = (
     "A stream of Server-Sent Events: first the run as it stands (its steps, then `event: status`), then "
     "`event: step` (a StepPublic) whenever a step starts or ends and `event: status` (a RunPublic) whenever "
-    "the status changes; the stream ends after the status that ends the run. A comment line is sent after "
-    "15 s of quiet. Reconnecting (`Last-Event-ID`) sends the run as it stands again; once it has ended, 204."
+    "the status changes; the stream ends after the status that ends the run, or with `event: error` once "
+    "the token is revoked. A comment line is sent after 15 s of quiet. Reconnecting (`Last-Event-ID`) sends "
+    "the run as it stands again; once it has ended, 204."
 )
 
 
@@ -88,6 +91,7 @@ async def run_detail(steward: StewardDep, run_id: str) -> RunDetail:
             summary="One run with its steps and pending approval; with `wait`, once its status changes")
 async def get_run(
     run_id: str,
+    request: Request,
     steward: StewardDep,
     _: UserDep,
     wait: Annotated[float | None, Query(gt=0, le=MAX_WAIT, description=(
@@ -119,6 +123,9 @@ async def get_run(
             if left <= 0:
                 break
             await steward.changes.wait(changed, timeout=left)  # or a fallback look, every second at most
+            if await request.is_disconnected():  # nobody waits for the answer any more
+                break
+            await still_authorised(request)  # a token revoked meanwhile ends the wait (401)
             changed.clear()  # before the read: a change committed after this sets it again
             detail = await run_detail(steward, run_id)
     return detail
@@ -133,11 +140,11 @@ async def run_events(run_id: str, request: Request, steward: StewardDep, _: User
     detail = await run_detail(steward, run_id)  # 404 before the stream starts
     if request.headers.get("last-event-id") and detail.status in FINISHED:
         return Response(status_code=204)  # an EventSource reconnecting after the end: stop it reconnecting
-    return StreamingResponse(_events(steward, run_id, detail), media_type="text/event-stream",
+    return StreamingResponse(_events(steward, request, run_id, detail), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
-async def _events(steward: Any, run_id: str, detail: RunDetail) -> AsyncIterator[bytes]:
+async def _events(steward: Any, request: Request, run_id: str, detail: RunDetail) -> AsyncIterator[bytes]:
     sent: dict[str, str] = {}  # task id -> the step as last sent
     status: RunStatus | None = None
     number = 0
@@ -163,6 +170,12 @@ async def _events(steward: Any, run_id: str, detail: RunDetail) -> AsyncIterator
                 if loop.time() - quiet_since >= HEARTBEAT_SECONDS:
                     yield b": keep-alive\n\n"  # proxies close idle streams; a comment line is ignored
                     quiet_since = loop.time()
+            try:
+                await still_authorised(request)  # a token revoked meanwhile ends the stream within a second
+            except Unauthorized as exc:
+                number += 1
+                yield _event("error", number, json.dumps({"code": exc.code, "detail": exc.message}))
+                return
             changed.clear()  # before the read: a change committed after this sets it again
             detail = await run_detail(steward, run_id)
 

@@ -90,6 +90,8 @@ def test_login_stores_the_token_for_its_owner_only_and_logout_forgets_it(serve, 
     assert stat.S_IMODE(stored.stat().st_mode) == 0o600
     assert stat.S_IMODE(stored.parent.stat().st_mode) == 0o700
     assert steward(env, "runs", "list").returncode == 0
+    elsewhere = steward({**env, "STEWARD_URL": "http://127.0.0.1:9"}, "runs", "list")  # never sent elsewhere
+    assert elsewhere.returncode == 2 and "the stored token is for" in elsewhere.stderr, elsewhere.stderr
     os.chmod(stored, 0o644)
     leaky = steward(env, "runs", "list")
     assert leaky.returncode == 2 and "chmod 600" in leaky.stderr

@@ -304,3 +304,39 @@ def test_a_change_landing_between_the_first_read_and_the_wait_is_not_lost(client
     answer = client.get(f"/api/v1/runs/{run_id}", params={"wait": 20}, headers=OPERATOR)
     assert answer.json()["status"] == "cancelled", "the change was lost: answered by the timeout"
     assert answer.elapsed.total_seconds() < 20
+
+
+def test_a_token_revoked_while_it_follows_a_run_stops_within_a_second_or_two(live_server) -> None:
+    base = live_server.url
+    steward = live_server.app.state.steward
+    _, plain = steward.db.transaction(lambda s: store.create_token(session=s, user="short.lived"))
+    mine = {"Authorization": f"Bearer {plain}"}
+    run = follow(base, submit(base)["id"], until={"waiting_approval"})
+
+    def revoke_soon() -> None:
+        time.sleep(0.5)
+        steward.db.transaction(lambda s: store.revoke_token(session=s, token_id=s.query(ApiToken).filter_by(
+            user="short.lived").one().id))
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(revoke_soon)
+        started = time.monotonic()
+        with httpx.stream("GET", f"{base}/api/v1/runs/{run['id']}/events", headers=mine, timeout=30) as response:
+            events = sse(response)
+        assert events[-1][0] == "error" and events[-1][1]["code"] == "unauthorized", events
+        assert time.monotonic() - started < 10, "the stream outlived its token"
+    waited = httpx.get(f"{base}/api/v1/runs/{run['id']}", params={"wait": 30}, headers=mine, timeout=40)
+    assert waited.status_code == 401
+
+
+def test_a_long_poll_the_client_dropped_stops_watching(live_server) -> None:
+    base = live_server.url
+    run = follow(base, submit(base)["id"], until={"waiting_approval"})
+    for _ in range(5):
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.get(f"{base}/api/v1/runs/{run['id']}", params={"wait": 50}, headers=OPERATOR, timeout=0.3)
+    changes = live_server.app.state.steward.changes
+    deadline = time.monotonic() + 10
+    while changes.watching() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert changes.watching() == 0, "an abandoned long-poll kept reading the run"

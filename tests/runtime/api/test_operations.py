@@ -158,8 +158,13 @@ def test_readyz_is_503_while_the_database_is_unreachable(client, settings, monke
         async def unreachable(*_: Any, **__: Any) -> Any:
             raise psycopg.OperationalError("the database is gone")
 
+        def unreachable_now(*_: Any, **__: Any) -> Any:
+            raise psycopg.OperationalError("the database is gone")
+
         monkeypatch.setattr(steward.db, "run", unreachable)
+        monkeypatch.setattr(steward.db, "transaction", unreachable_now)
         down = client.get("/readyz")
+        scraped_while_down = client.get("/metrics")
         monkeypatch.undo()
     else:  # PostgreSQL for real: refuse new connections and cut the open ones
         dbname = make_url(settings.database_url).database
@@ -168,9 +173,14 @@ def test_readyz_is_503_while_the_database_is_unreachable(client, settings, monke
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,))
             try:
                 down = client.get("/readyz")
+                scraped_while_down = client.get("/metrics")
             finally:
                 admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
     assert down.status_code == 503, down.text
+    assert scraped_while_down.status_code == 200, "the counters kept in memory are served during an outage"
+    assert "steward_metrics_database_up 0.0" in scraped_while_down.text
+    assert "steward_runs_finished_total" in scraped_while_down.text or "steward_gate" in scraped_while_down.text \
+        or "steward_executor_slots" in scraped_while_down.text
     body = down.json()
     assert body["retryable"] is True and "does not answer" in body["details"]["checks"]["database"]
     assert down.headers["Retry-After"] == "1"
