@@ -282,7 +282,7 @@ class Executor:
             return run
         return await self._drive_claimed(run, journal)
 
-    def _journal(self, session: Session, run: Run) -> Journal:
+    def _journal(self, session: Session | None, run: Run) -> Journal:
         """The write path of a new execution of ``run``, with what earlier executions recorded."""
         fresh = run.executions == 1
         return Journal(
@@ -295,7 +295,9 @@ class Executor:
 
     async def _drive_claimed(self, run: Run, journal: Journal | None = None) -> Run:
         if journal is None:
-            journal = await self.db.run(lambda session: self._journal(session, run))
+            # Reads only (what earlier executions recorded), beside the writer; nothing at all the first time.
+            journal = (self._journal(None, run) if run.executions == 1 else
+                       await self.db.run(lambda session: self._journal(session, run), read_only=True))
         execution = Execution(journal)
         named = logs.run_id.set(run.id)  # the log lines of this execution name the run (see runtime.logs)
         if run.cancel_requested:
@@ -600,10 +602,14 @@ class Executor:
                 await self.db.run(lambda s: store.forget_worker(session=s, worker_id=self.worker_id))
 
     async def _poll_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        adopted_at = float("-inf")
         while not self._stopping:
             self._wake.clear()
             try:
-                await self._adopt_dead_local_runs()
+                if loop.time() - adopted_at >= self.poll_seconds:  # at the poll interval, not at every wake
+                    adopted_at = loop.time()
+                    await self._adopt_dead_local_runs()
                 free = self.concurrency - len(self._tasks)
                 if free > 0:
                     claimed = await self.db.run(lambda s: store.claim_next_runs(

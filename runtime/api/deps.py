@@ -16,7 +16,7 @@ from runtime.service import Steward
 _bearer = HTTPBearer(auto_error=False, description="A token from `steward tokens create`")
 
 
-def get_steward(request: Request) -> Steward:
+async def get_steward(request: Request) -> Steward:  # async: FastAPI runs a sync dependency in a thread
     return request.app.state.steward
 
 
@@ -57,7 +57,7 @@ async def user_of(request: Request, plain: str) -> str:
     user = cache.get(digest)
     if user is None:
         read_at = time.monotonic()
-        user = await get_steward(request).db.run(lambda s: store.authenticate(session=s, plain=plain),
+        user = await request.app.state.steward.db.run(lambda s: store.authenticate(session=s, plain=plain),
                                                  read_only=True)
         cache.put(digest, user, read_at=read_at)
     return user
@@ -80,7 +80,7 @@ async def still_authorised(request: Request) -> None:
     await user_of(request, plain)
 
 
-def reject_unknown_query(request: Request) -> None:
+async def reject_unknown_query(request: Request) -> None:  # async: no thread hop per request
     """A query parameter the operation does not take is an error, not silently ignored (a misspelt
     filter would otherwise list everything); so is a NUL character in the path or a query value
     (no database stores one in text)."""
