@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,8 @@ class Cluster:
         self.created = True
         subprocess.run([PYTHON, "-m", "runtime.cli", "db", "upgrade"], cwd=ROOT, env=self.env(), check=True,
                        capture_output=True, timeout=START_TIMEOUT)
-        self._spawn("sandbox", ["sandbox", "--port", str(self.sandbox_port)])
+        self._spawn("sandbox", ["sandbox", "--port", str(self.sandbox_port), "--path",
+                                str(Path(tempfile.mkdtemp(prefix="steward-sandbox-")) / "sandbox.db")])
         self._spawn("serve", ["serve", "--no-worker", "--port", str(self.api_port)])
         self._wait_http("sandbox", f"{self.sandbox}/_writes")
         # serve seeds the demo token and creates LangGraph's checkpoint tables before it answers;

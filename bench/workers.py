@@ -130,7 +130,8 @@ async def exactly_once(cluster: Cluster, conn: psycopg.AsyncConnection, run_ids:
     per_worker = await rows("SELECT data->>'worker', count(*) FROM audit_events WHERE kind = 'run.started' "
                             "GROUP BY 1 ORDER BY 2 DESC")
     async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
-        writes = (await client.get(f"{cluster.sandbox}/_writes")).json()
+        writes = (await client.get(f"{cluster.sandbox}/_writes",
+                                   headers={"Authorization": "Bearer sandbox-token"})).json()
     counts_by_key = writes["writes"]
     verify = await asyncio.to_thread(
         subprocess.run, [PYTHON, "-m", "runtime.cli", "audit", "verify"], cwd=ROOT, env=cluster.env(),

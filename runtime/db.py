@@ -16,7 +16,7 @@ never on the event loop:
   (see :mod:`runtime.checkpoint` for the checkpointer's connection, the other
   writer). Read-only transactions (``read_only=True``) run on a few reader threads
   with read-only connections; under WAL they read one snapshot beside the writer.
-- PostgreSQL: the loop's default thread pool, a pooled connection per transaction;
+- PostgreSQL: twenty threads of its own, a pooled connection per transaction;
   read-only transactions are ``REPEATABLE READ, READ ONLY`` (one snapshot).
 
 A transaction that loses a race (a deadlock, a serialization failure, a lost
@@ -63,6 +63,7 @@ log = logging.getLogger("steward.db")
 MIGRATIONS = Path(__file__).with_name("migrations")
 T = TypeVar("T")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+PG_THREADS = 20  # PostgreSQL: transactions at once per process (threads and pooled connections)
 
 
 class DatabaseUrlInvalid(StewardError):
@@ -279,6 +280,7 @@ class Database:
         self._inflight: set[asyncio.Future] = set()
         self._closed = False
         self._shared: Connection | None = None  # SQLite: the writer thread's one connection
+        self._pg_threads: Threads | None = None
         if self.is_sqlite:
             self.sqlite_path = parsed.database or ":memory:"
             if self.sqlite_path != ":memory:":
@@ -295,11 +297,17 @@ class Database:
             self._writer: Threads | None = Threads("steward-db-writer", 1)
             self._readers: Threads | None = Threads("steward-db-reader", readers)
         else:
-            self.engine = create_engine(self.url, pool_size=10, pool_pre_ping=True)
+            # No pre-ping: it costs a round trip per transaction, and a connection that died in the pool
+            # fails the transaction's first statement, which is then run again on a fresh connection
+            # (see _retrying; SQLAlchemy drops every pooled connection once it sees a disconnect).
+            self.engine = create_engine(self.url, pool_size=PG_THREADS, max_overflow=10)
             # One snapshot for every statement of a read; a read-only transaction never loses a race.
             self._read_bind = self.engine.execution_options(isolation_level="REPEATABLE READ",
                                                             postgresql_readonly=True)
-            self._writer = self._readers = None  # the loop's default thread pool
+            self._writer = self._readers = None
+            # Threads of their own, as many as pooled connections: each transaction waits on the network
+            # and the server's commit, and the loop's default pool (CPUs + 4) would queue runs in flight.
+            self._pg_threads = Threads("steward-db", PG_THREADS)
         self.raw = raw_sql(postgres=not self.is_sqlite)
         # Told, in the transaction's thread, which runs each committed transaction changed (see touch_runs).
         self.on_commit: Callable[[set[str]], None] | None = None
@@ -435,6 +443,7 @@ class Database:
         if self._closed:
             raise DatabaseUnavailable("the database was closed (the process is shutting down); retry later")
         context = contextvars.copy_context()  # the caller's trace reaches the audit events
+        threads = threads or self._pg_threads
         if threads is None:
             future = asyncio.get_running_loop().run_in_executor(None, context.run, transaction, fn)
         else:
@@ -470,6 +479,8 @@ class Database:
         self._closed = True
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
+        if self._pg_threads is not None:
+            await self._pg_threads.close()
         if self._writer is not None and self._readers is not None:
             await self._writer.submit(self._close_shared)  # the shared connection, on its own thread
             await self._writer.close()

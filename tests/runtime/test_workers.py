@@ -72,7 +72,7 @@ async def test_two_workers_share_the_runs_and_execute_each_once(database_url, sa
     started_by = {e.data["worker"] for e in trail if e.kind == "run.started"}
     assert len(started_by) == 2, "both workers took runs"
     assert sum(e.kind == "run.started" for e in trail) == 40, "each run was started exactly once"
-    writes = httpx.get(f"{sandbox_process}/_writes").json()
+    writes = httpx.get(f"{sandbox_process}/_writes", headers={"Authorization": "Bearer sandbox-token"}).json()
     assert writes["total"] == 40 and set(writes["writes"].values()) == {1}
     assert verified.ok
     assert all(proc.returncode == 0 for proc in workers)
@@ -103,5 +103,5 @@ async def test_a_worker_stopped_mid_run_gives_its_runs_to_another(database_url, 
     assert first.returncode == 0
     terminal = [e.run_id for e in trail if e.kind == "run.succeeded"]
     assert sorted(terminal) == sorted(ids), "one terminal event per run"
-    writes = httpx.get(f"{sandbox_process}/_writes").json()
+    writes = httpx.get(f"{sandbox_process}/_writes", headers={"Authorization": "Bearer sandbox-token"}).json()
     assert writes["total"] == 30 and set(writes["writes"].values()) == {1}
