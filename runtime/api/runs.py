@@ -34,7 +34,7 @@ EVENTS_DOC = (
 
 @router.post("", status_code=201, response_model=RunPublic, operation_id="runs-create", summary="Start a run",
              responses={200: {"model": RunPublic, "description": "The run a repeated Idempotency-Key started"},
-                        201: {"description": "The run was queued"}, **errors(401, 404)})
+                        201: {"description": "The run was queued"}, **errors(401, 404, 409)})
 async def create_run(
     body: RunCreate,
     steward: StewardDep,
