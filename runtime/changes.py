@@ -1,7 +1,9 @@
 """Run changes: clients that wait for a run to move are told when it did, instead of polling.
 
 Every change to a run (its status, a step) is written together with an audit event of the run,
-so the audit writer knows which runs a transaction changed. When that transaction commits:
+so the audit writer knows which runs a transaction changed (the one exception, a worker taking a
+queued run up, is told with the execution's first commit, its ``run.started``). When that
+transaction commits:
 
 - in this process, :class:`RunChanges` wakes whoever watches those runs (``Database.on_commit``);
 - on PostgreSQL, the same transaction sends ``NOTIFY steward_run_changes`` naming the runs (sent
