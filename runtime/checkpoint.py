@@ -28,6 +28,8 @@ create its tables one at a time (an advisory lock around ``setup()``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -65,6 +67,8 @@ class Owner(Protocol):
 
     def check_owned(self, cursor: Any) -> None: ...
 
+    def fenced(self, row: Any) -> None: ...
+
 
 class _Fenced:
     """Mixed into the LangGraph saver classes: a checkpoint or task write of a lost execution is refused."""
@@ -95,12 +99,6 @@ class _Fenced:
                 raise ExecutionFenced(f"run {run_id} is no longer owned by execution {epoch}; its {what} is refused")
 
         return check
-
-    async def _steward_check(self, config: Any, what: str) -> None:
-        """The ownership check on a reader, before a write on the saver's own connection (PostgreSQL)."""
-        check = self._steward_fence(config, what)
-        if check is not None:
-            await self.steward_db.read_cursor(check)
 
 
 class _FencedSqlite(_Fenced):
@@ -146,14 +144,69 @@ class _FencedSqlite(_Fenced):
         await self.steward_db.run_cursor(write, synced=True)
 
 
+# PostgreSQL: the ownership read in the writing transaction, holding the run's row (FOR SHARE) until it
+# commits, so no claim of another worker (an UPDATE of that row) can slip between check and write.
+_OWNED_PG = ("SELECT cancel_requested FROM runs WHERE id = %s AND executions = %s AND worker_id = %s"
+             " AND status = 'running' FOR SHARE")
+_writing: contextvars.ContextVar[tuple[Any, str] | None] = contextvars.ContextVar("steward_writing", default=None)
+
+
 class _FencedPostgres(_Fenced):
+    """``AsyncPostgresSaver``'s two writes, each one transaction on a pooled connection that first reads
+    the run's row (and holds it) to check the execution still owns the run; everything else as
+    LangGraph does it. Connections come from a pool, so the saver's one lock (there for a single
+    connection) is not taken: runs write their checkpoints side by side."""
+
     async def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
-        await self._steward_check(config, "checkpoint")
-        return await super().aput(config, checkpoint, metadata, new_versions)  # type: ignore[misc]
+        token = _writing.set((config, "checkpoint"))
+        try:
+            return await super().aput(config, checkpoint, metadata, new_versions)  # type: ignore[misc]
+        finally:
+            _writing.reset(token)
 
     async def aput_writes(self, config: Any, writes: Any, task_id: str, task_path: str = "") -> None:
-        await self._steward_check(config, "task's writes")
-        await super().aput_writes(config, writes, task_id, task_path)  # type: ignore[misc]
+        token = _writing.set((config, "task's writes"))
+        try:
+            await super().aput_writes(config, writes, task_id, task_path)  # type: ignore[misc]
+        finally:
+            _writing.reset(token)
+
+    @asynccontextmanager
+    async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[Any]:
+        from psycopg.rows import dict_row
+
+        writing = _writing.get()
+        async with self.conn.connection() as conn:  # type: ignore[attr-defined]
+            if writing is None:  # a read: as LangGraph does it, without the saver-wide lock
+                async with contextlib.AsyncExitStack() as stack:
+                    if pipeline:
+                        await stack.enter_async_context(conn.pipeline())
+                    yield await stack.enter_async_context(conn.cursor(binary=True, row_factory=dict_row))
+                return
+            config, what = writing
+            async with conn.transaction(), conn.cursor(binary=True, row_factory=dict_row) as cur:
+                await self._steward_own(cur, config, what)
+                async with contextlib.AsyncExitStack() as stack:
+                    if pipeline:
+                        await stack.enter_async_context(conn.pipeline())
+                    yield cur
+
+    async def _steward_own(self, cursor: Any, config: Any, what: str) -> None:
+        configurable = config.get("configurable", {})
+        epoch = configurable.get(EPOCH)
+        if epoch is None:  # no execution's write (a test's graph): nothing to check
+            return
+        run_id = configurable["thread_id"]
+        owner = self.steward_owners.get((run_id, epoch))
+        if owner is not None:
+            owner.refuse_if_lost()
+        await cursor.execute(_OWNED_PG, (run_id, epoch, configurable.get(WORKER)))
+        row = await cursor.fetchone()
+        found = None if row is None else (row["cancel_requested"],)
+        if owner is not None:
+            owner.fenced(found)  # raises when lost; notes a cancel (the write still lands)
+        elif found is None:
+            raise ExecutionFenced(f"run {run_id} is no longer owned by execution {epoch}; its {what} is refused")
 
 
 async def _expect_sqlite_tables(connection: Any) -> None:

@@ -197,6 +197,10 @@ class Journal:
                                          self.epoch, self.run.worker_id))
         self._fenced(cursor.fetchone())
 
+    def fenced(self, row: Any) -> None:
+        """Act on the run's row as an ownership read found it (None: this execution lost the run)."""
+        self._fenced(row)
+
     def _fenced(self, row: Any) -> None:
         """Act on the run's row as a fence read it: None when this execution no longer owns the run."""
         if row is None:
