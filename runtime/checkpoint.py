@@ -14,10 +14,11 @@ one transaction that checks ownership and writes the rows LangGraph's saver writ
 tables: the check and the write hold SQLite's write lock together, so nothing changes the
 run between them, and Steward is the file's one writer in this process. They commit with
 ``synchronous=FULL``, as LangGraph's saver does. On PostgreSQL the checkpointer has a psycopg
-pool of its own: the saver reads the run's row (:meth:`runtime.journal.Journal.check_owned`, on a
-reader) before each write on its own connection, so a takeover between the two is the window left
-there; the executor's own writes are fenced in-transaction. Processes starting together
-create its tables one at a time (an advisory lock around ``setup()``).
+pool of its own: each of the two writes is one transaction on a pooled connection that first reads
+the run's row ``FOR SHARE`` (held until it commits, so no claim by another worker lands between the
+check and the write) and then runs LangGraph's statements; the saver's lock, there for a single
+connection, is not taken over the pool. Processes starting together create its tables one at a
+time (an advisory lock around ``setup()``).
 
 >>> async with open_checkpointer(db) as saver:
 ...     graph = workflow.graph.compile(checkpointer=saver)
