@@ -84,7 +84,11 @@ class RunChanges:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        ids = list(run_ids)
+        # Only runs someone watches wake the loop (a dict read from another thread: a watcher that
+        # registers after this look reads the run after the commit, so it misses nothing).
+        ids = [run_id for run_id in run_ids if run_id in self._watchers or run_id == EVERY_RUN]
+        if not ids:
+            return
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
