@@ -18,6 +18,7 @@ from sqlalchemy import event, update
 from runtime import audit, store
 from runtime.db import Database
 from runtime.models import ApiToken, Run, RunStatus, utcnow
+from tests.fakes import settle
 
 OPERATOR = {"Authorization": "Bearer steward-demo-operator"}
 APPROVER = {"Authorization": "Bearer steward-demo-approver"}
@@ -250,10 +251,7 @@ def test_a_runs_detail_is_one_query(client) -> None:
     steward = client.app.state.steward
     created = client.post("/api/v1/runs", json={"workflow": "price_change", "input": PRICE_115}, headers=OPERATOR)
     run_id = created.json()["id"]
-    deadline = time.monotonic() + 30
-    while client.get(f"/api/v1/runs/{run_id}", headers=OPERATOR).json()["status"] != "waiting_approval":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    settle(client, run_id, {"waiting_approval"})
     client.portal.call(steward.executor.stop)  # its background loops would be counted too
     statements: list[str] = []
     # SQLite reads on an engine of their own; PostgreSQL's read engine shares the main one's events
@@ -286,10 +284,7 @@ def test_a_change_landing_between_the_first_read_and_the_wait_is_not_lost(client
     steward.changes.fallback_seconds = 60.0
     created = client.post("/api/v1/runs", json={"workflow": "price_change", "input": PRICE_115}, headers=OPERATOR)
     run_id = created.json()["id"]
-    deadline = time.monotonic() + 30
-    while client.get(f"/api/v1/runs/{run_id}", headers=OPERATOR).json()["status"] != "waiting_approval":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    settle(client, run_id, {"waiting_approval"})
     real = runs_api.run_detail
     reads = []
 
