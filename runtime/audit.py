@@ -21,12 +21,11 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from runtime import changes
 from runtime.db import RawSql, raw_cursor, raw_sql, touch_runs
-from runtime.models import AuditEvent, AuditHead, utcnow
+from runtime.models import AuditEvent, utcnow
 from runtime.telemetry import current_trace_id
 
 GENESIS = "0" * 64

@@ -18,7 +18,6 @@ import contextlib
 import functools
 import logging
 import os
-import random
 import socket
 import time
 import uuid
