@@ -17,6 +17,8 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/lint-imports
+	$(BIN)/steward policy check
+	$(BIN)/steward policy test
 	$(BIN)/pytest
 
 bench: $(STAMP)

@@ -15,7 +15,7 @@ from approvals.models import ApprovalStatus
 from approvals.schemas import ApprovalPage, ApprovalPublic, DecisionCreate
 from approvals.store import get_approval as get_one
 from approvals.store import list_approvals as list_some
-from runtime.api.deps import StewardDep, UserDep
+from runtime.api.deps import NO_NUL, StewardDep, UserDep
 from runtime.api.problems import errors
 from runtime.api.paging import CursorQuery, Pages
 from runtime.api.responses import json_body
@@ -33,7 +33,7 @@ async def list_approvals(
     steward: StewardDep,
     _: UserDep,
     status: ApprovalStatus | None = None,
-    run_id: Annotated[str | None, Query(max_length=32)] = None,
+    run_id: Annotated[str | None, Query(max_length=32, pattern=NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, CursorQuery] = None,
 ) -> Response:

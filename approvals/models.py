@@ -37,6 +37,13 @@ class ApprovalRequest(SQLModel, table=True):
     arguments_hash: str = Field(max_length=64)
     reason: str = Field(default="", max_length=2000)
     requested_by: str = Field(max_length=200)
+    roles: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False),
+                             description="Who approves (a policy's @escalate); empty: anyone who may decide")
+    required_approvals: int = Field(default=1, description="How many distinct people must approve")
+    approvers: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False),
+                                            description="Who approved so far: [{approver, comment, at}]")
+    policy: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True),
+                                          description="The policy decision that asked for this approval")
     status: ApprovalStatus = Field(default=ApprovalStatus.pending, max_length=20)
     decided_by: str | None = Field(default=None, max_length=200)
     comment: str | None = Field(default=None, max_length=4000)

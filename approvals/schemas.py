@@ -24,6 +24,10 @@ class ApprovalPublic(BaseModel):
     arguments_hash: str
     reason: str
     requested_by: str
+    roles: list[str]
+    required_approvals: int
+    approvers: list[dict[str, Any]]
+    policy: dict[str, Any] | None
     status: ApprovalStatus
     decided_by: str | None
     comment: str | None

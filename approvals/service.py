@@ -34,18 +34,32 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
         run_id = get_approval(session=session, approval_id=approval_id).run_id
         run = runtime_store.lock_run(session=session, run_id=run_id)
         approval = get_approval(session=session, approval_id=approval_id)
-        result = session.execute(
-            update(ApprovalRequest)
-            .where(ApprovalRequest.id == approval_id, ApprovalRequest.status == ApprovalStatus.pending)
-            .values(status=status, decided_by=actor, comment=comment, decided_at=utcnow())
-        )
-        session.refresh(approval)
-        if result.rowcount != 1:
+        session.refresh(approval)  # as it is now that the run is locked (deciders of one run queue on it)
+        if approval.status != ApprovalStatus.pending:
             raise Conflict(
                 f"approval {approval_id} is already {approval.status.value}"
                 + (f" by {approval.decided_by}" if approval.decided_by else "")
                 + "; a decision cannot be changed"
             )
+        approvers = list(approval.approvers or [])
+        if decision == "approve" and any(entry["approver"] == actor for entry in approvers):
+            raise Conflict(f"{actor} has already approved {approval_id}; it needs "
+                           f"{approval.required_approvals - len(approvers)} more approval(s) from other people")
+        values: dict[str, Any] = {}
+        if decision == "approve":
+            approvers.append({"approver": actor, "comment": comment, "at": utcnow().isoformat()})
+            values["approvers"] = approvers
+        complete = decision == "reject" or len(approvers) >= approval.required_approvals
+        if complete:
+            values |= {"status": status, "decided_by": actor, "comment": comment, "decided_at": utcnow()}
+        result = session.execute(
+            update(ApprovalRequest)
+            .where(ApprovalRequest.id == approval_id, ApprovalRequest.status == ApprovalStatus.pending)
+            .values(**values)
+        )
+        session.refresh(approval)
+        if result.rowcount != 1:
+            raise Conflict(f"approval {approval_id} is already {approval.status.value}; a decision cannot be changed")
         attrs = {"steward.run_id": run.id, "steward.approval_id": approval_id, "steward.decision": decision}
         # In the decision's own trace (its HTTP request's), linked to the run's root span; the audit event
         # stays in the run's trace and names the decision's.
@@ -55,10 +69,11 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
             audit.append(session, kind="approval.decided", actor=actor, run=run, trace_id=run.trace_id, data={
                 "approval_id": approval_id, "decision": decision, "comment": comment,
                 "action": approval.action, "arguments_hash": approval.arguments_hash,
-                "decision_trace_id": current_trace_id(),
+                "decision_trace_id": current_trace_id(), "approvals": len(approvers),
+                "required_approvals": approval.required_approvals, "complete": complete,
             })
             undecided = list_approvals(session=session, run_id=run.id, status=ApprovalStatus.pending)
-            if not undecided and run.status == RunStatus.waiting_approval:
+            if complete and not undecided and run.status == RunStatus.waiting_approval:
                 steward.executor.queue_resume(session, run=run, actor=actor, reason="approval decided")
         return approval
 

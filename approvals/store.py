@@ -55,6 +55,7 @@ def as_decision(approval: ApprovalRequest) -> ApprovalDecision:
         comment=approval.comment or "",
         arguments=approval.arguments,
         arguments_hash=approval.arguments_hash,
+        approvers=[entry["approver"] for entry in approval.approvers or []],
     )
 
 
@@ -71,6 +72,7 @@ class SqlApprovals:
                     run_id=need.run_id, interrupt_id=need.interrupt_id, workflow=need.workflow,
                     version=need.version, node=need.node, action=need.action, arguments=need.arguments,
                     arguments_hash=need.arguments_hash, reason=need.reason, requested_by=need.requested_by,
+                    roles=list(need.roles), required_approvals=need.required_approvals, policy=need.policy,
                 )
                 session.add(approval)
             ids.append(approval.id)

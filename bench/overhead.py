@@ -40,7 +40,9 @@ from runtime.checkpoint import open_checkpointer  # noqa: E402
 from runtime.db import Database  # noqa: E402
 from runtime.executor import Executor  # noqa: E402
 from runtime.models import RunStatus  # noqa: E402
+from runtime.policy import PolicyBook, cedar_decimal, load_policies  # noqa: E402
 from runtime.sdk import Registry  # noqa: E402
+from runtime.settings import POLICIES  # noqa: E402
 from runtime.telemetry import setup_tracing  # noqa: E402
 
 STEPS = 10
@@ -58,10 +60,14 @@ class State(TypedDict, total=False):
     ids: list[str]
 
 
+async def item_context(facts: Any, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {"step": arguments["step"], "weight": cedar_decimal(arguments["step"])}
+
+
 class BenchConnector(Connector):
     name = "bench"
 
-    @action(scope="bench.items.write", effect=Effect.write)
+    @action(scope="bench.items.write", effect=Effect.write, context=item_context)
     async def create_item(self, *, step: int) -> dict[str, Any]:
         return await self.request("POST", "/items", json={"step": step})
 
@@ -103,6 +109,9 @@ class Empty(BaseModel):
     pass
 
 
+# Steward's shipped policies plus the bench connector's: Cedar decides every gated call.
+BOOK = PolicyBook(load_policies([POLICIES, Path(__file__).parent / "policies"]))
+
 WORKFLOW = Workflow(name="bench_ten_steps", version="1.0.0", owner=Owner(name="Bench Owner", email="bench@example.com"),
                     description="ten gated writes", input_model=Empty, build=governed_graph,
                     grants={"bench.items.write"})
@@ -134,7 +143,7 @@ async def measure(database_url: str, runs: int, warmup: int) -> dict[str, list[f
     async with open_checkpointer(db) as saver, raw_checkpointer(db) as raw_saver:
         raw = raw_graph(client).compile(checkpointer=raw_saver)
         executor = Executor(db=db, registry=Registry([WORKFLOW]), connectors={"bench": connector}, checkpointer=saver,
-                            approvals=PORT)
+                            approvals=PORT, policies=BOOK)
         for i in range(warmup + runs):
             # alternate so drift (cache, disk) hits both sides alike
             started = time.perf_counter()

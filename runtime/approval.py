@@ -35,10 +35,19 @@ class ApprovalDecision(BaseModel):
     arguments: dict[str, Any]
     """The arguments the approver was shown and approved (bound by ``arguments_hash``)."""
     arguments_hash: str
+    approvers: list[str] = []
+    """Everyone who approved, in order, when several distinct people had to (``approver`` is the last)."""
 
     @property
     def approved(self) -> bool:
         return self.decision == "approve"
+
+    @property
+    def approved_by(self) -> list[str]:
+        """The distinct people who approved (none for a rejection)."""
+        if not self.approved:
+            return []
+        return self.approvers or [self.approver]
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,12 @@ class ApprovalNeed:
     arguments: dict[str, Any]
     arguments_hash: str
     reason: str
+    roles: tuple[str, ...] = ()
+    """Who approves (a policy's ``@escalate``); empty: anyone the human layer lets decide."""
+    required_approvals: int = 1
+    """How many distinct people must approve (a policy's ``@approvals``)."""
+    policy: dict[str, Any] | None = None
+    """The policy decision that asked for the approval (outcome, policies, reasons, policy hash)."""
 
 
 class ApprovalPort(Protocol):

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
+from runtime.policy_cli import policy_app
 from runtime.states import RunStatus
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ audit_app = typer.Typer(help="Read (through the server) and verify (locally) the
 db_app = typer.Typer(help="Database schema (local).", no_args_is_help=True)
 tokens_app = typer.Typer(help="API tokens (local).", no_args_is_help=True)
 for sub, name in [(runs_app, "runs"), (workflows_app, "workflows"), (audit_app, "audit"), (db_app, "db"),
-                  (tokens_app, "tokens")]:
+                  (tokens_app, "tokens"), (policy_app, "policy")]:
     app.add_typer(sub, name=name)
 
 T = TypeVar("T")
@@ -286,6 +287,17 @@ def settings(**overrides: Any) -> Settings:
         fail(f"configuration: {'.'.join(map(str, first['loc'])) or 'settings'}: {first['msg']}")
 
 
+def refuse_bad_policies(config: Settings) -> None:
+    """Stop before serving when a policy file is malformed, naming file and line (exit 2)."""
+    from runtime.errors import PolicyLoadError
+    from runtime.policy import load_policies
+
+    try:
+        load_policies(config.policies)
+    except PolicyLoadError as exc:
+        fail(f"policies: {exc.message}")
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (STEWARD_HOST)")] = None,
@@ -304,6 +316,7 @@ def serve(
     if demo:
         overrides["demo"] = True
     config = settings(**overrides)
+    refuse_bad_policies(config)
     url = f"http://{config.host}:{config.port}"
     typer.echo(f"Steward on {url}  (API {url}/api/v1, docs {url}/docs, sandbox {url}/sandbox)")
     typer.echo(f"database: {config.database_url}")
@@ -336,6 +349,7 @@ def worker_command(
     from runtime.logs import configure
 
     config = settings()
+    refuse_bad_policies(config)
     if concurrency is not None:
         config = config.model_copy(update={"executor_concurrency": concurrency})
     configure(config.log_format)
@@ -548,7 +562,7 @@ def run_app(args: list[str] | None = None) -> int:
         hint = f"; see `{exc.ctx.command_path} --help`" if exc.ctx else ""
         typer.echo(f"error: {exc.format_message()}{hint}", err=True)
         return 2
-    except click.Abort:
+    except typer.Abort:  # typer's own (its vendored click has none)
         typer.echo("error: aborted", err=True)
         return 1
     except click.ClickException as exc:

@@ -12,12 +12,15 @@
     ├── WorkflowDefinitionError     500  a workflow module is malformed (raised at construction)
     │   └── WorkflowCodeChanged          a version's code changed after runs started on it (start-up refused)
     ├── NonDeterministicReplay      500  a re-executed step proposed another call than the one recorded
+    ├── PolicyLoadError             422  a policy or schema file is malformed (names file and line)
+    ├── PolicyContextInvalid        500  an action's policy context does not fit its declared schema
     ├── DatabaseUnavailable         503  the database failed or stayed busy after retries (retryable)
     ├── ExecutionStopped                 an execution must stop now (never reaches a client)
     │   ├── RunCancelled                 a person cancelled the run (checked before each call)
     │   └── ExecutionFenced              another worker owns the run now; this execution's writes are refused
     ├── GovernanceError             403  the gate refused
     │   ├── PermissionDenied             scope not granted to the workflow
+    │   ├── PolicyDenied                 a policy forbids the action (names the policy and its reason)
     │   └── ApprovalRejected             a person rejected the proposed action
     └── ConnectorError              502  an external system failed
         ├── ConnectorTransient           network, timeout, 429, 5xx (retryable)
@@ -113,6 +116,17 @@ class NonDeterministicReplay(StewardError):
     code = "non_deterministic_replay"
 
 
+class PolicyLoadError(StewardError):
+    """A policy folder cannot be used: ``details`` lists each problem as ``{file, line, message}``."""
+
+    code = "policy_invalid"
+    status_code = 422
+
+
+class PolicyContextInvalid(StewardError):
+    code = "policy_context_invalid"
+
+
 class DatabaseUnavailable(StewardError):
     code = "database_unavailable"
     status_code = 503
@@ -141,6 +155,13 @@ class GovernanceError(StewardError):
 
 class PermissionDenied(GovernanceError):
     code = "permission_denied"
+
+
+class PolicyDenied(GovernanceError):
+    """A policy forbids the action, or none permits it; ``details`` names the policies and their reasons.
+    The step may catch it to take another path."""
+
+    code = "policy_denied"
 
 
 class ApprovalRejected(GovernanceError):

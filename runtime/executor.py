@@ -6,7 +6,8 @@ dead process is taken over (at once when that process lived on this host, else
 when its lease runs out) and continues from its last checkpoint. Checkpoints are
 written with ``durability="sync"``: each superstep is on disk before the next starts.
 
->>> executor = Executor(db=db, registry=registry, connectors=connectors, checkpointer=saver, approvals=port)
+>>> executor = Executor(db=db, registry=registry, connectors=connectors, checkpointer=saver, approvals=port,
+...                     policies=book)
 >>> run, _ = await executor.submit(workflow="price_change", input={...}, actor="alice")
 >>> run = await executor.drive(run.id)
 """
@@ -21,8 +22,8 @@ import os
 import socket
 import time
 import uuid
-from datetime import timedelta
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -51,6 +52,7 @@ from runtime.errors import (
     WorkflowNotFound,
 )
 from runtime.gate import APPROVAL, Gate
+from runtime.policy import PolicyBook
 from runtime.journal import Journal
 from runtime.models import (
     FINISHED,
@@ -139,6 +141,8 @@ class Executor:
         connectors: Mapping[str, Connector],
         checkpointer: BaseCheckpointSaver,
         approvals: ApprovalPort,
+        policies: PolicyBook,
+        clock: Callable[[], datetime] = utcnow,
         lease_seconds: float = 30.0,
         concurrency: int = 8,
         poll_seconds: float = 1.0,
@@ -148,6 +152,8 @@ class Executor:
         self.connectors = dict(connectors)
         self.checkpointer = checkpointer
         self.approvals = approvals
+        self.policies = policies
+        self.clock = clock  # what steps and policies see as now (tests fix it)
         self.lease_seconds = lease_seconds
         self.concurrency = concurrency
         self.poll_seconds = poll_seconds
@@ -178,7 +184,7 @@ class Executor:
         with tracer().start_as_current_span("steward.submit") as span:  # the run's root, exported at once
             context = span.get_span_context()
             run = Run(workflow=wf.name, version=wf.version, input=data, created_by=actor,
-                      idempotency_key=scoped_key, trace_id=format(context.trace_id, "032x"),
+                      idempotency_key=scoped_key, policy_hash=self.policies.current.hash, trace_id=format(context.trace_id, "032x"),
                       root_span_id=format(context.span_id, "016x"))
             span.set_attributes({"steward.run_id": run.id, "steward.workflow": wf.name, "steward.version": wf.version})
 
@@ -252,6 +258,24 @@ class Executor:
         if run.status == RunStatus.running and execution is not None:
             execution.stop(RunCancelled(f"run {run_id} was cancelled by {actor}"))
         return run
+
+    async def pin_policy(self, *, run_id: str, policy_hash: str, actor: str, reason: str) -> Run:
+        """Evaluate a run that has not ended under another loaded policy set from its next execution on."""
+
+        def record(session: Session) -> Run:
+            run = store.lock_run(session=session, run_id=run_id)
+            if run.status in FINISHED:
+                raise Conflict(f"run {run_id} already ended {run.status.value}; its policy set cannot change")
+            if store.policy_documents(session=session, policy_hash=policy_hash) is None:
+                raise InputInvalid(f"no policy set {policy_hash[:12]}… was ever loaded with this database", details=[
+                    {"loc": ["body", "policy_hash"], "msg": "not a loaded policy set", "type": "value_error"}])
+            previous, run.policy_hash, run.updated_at = run.policy_hash, policy_hash, utcnow()
+            session.flush()
+            audit.append(session, kind="run.policy_pinned", actor=actor, run=run, data={
+                "policy_hash": policy_hash, "previous_hash": previous, "reason": reason})
+            return run
+
+        return await self.db.run(record)
 
     def _cancelled_elsewhere(self, run_id: str) -> None:
         """Another process asked to cancel ``run_id`` (a PostgreSQL notification, or read at lease renewal)."""
@@ -356,9 +380,10 @@ class Executor:
                                                              attributes={**attrs, "steward.node": node})
                     return spans[task_id]
 
-                gate = Gate(journal=journal, grants=wf.grants, step_span=step_span)
+                gate = Gate(journal=journal, grants=wf.grants, step_span=step_span,
+                            policies=await self.policies.get(run.policy_hash), clock=self.clock)
                 context = StepContext(run_id=run.id, workflow=run.workflow, version=run.version, gate=gate,
-                                      connectors=self.connectors)
+                                      connectors=self.connectors, clock=self.clock)
                 values, interrupted = None, False
                 begun: dict[str, float] = {}  # task id -> when it started (for its duration)
                 async for mode, chunk in graph.astream(graph_input, config, context=context,
@@ -529,6 +554,8 @@ class Executor:
             audit.append(session, kind="approval.requested", actor=SYSTEM, run=run, data={
                 "approval_id": approval_id, "decision": "needs_approval", "rule": need.reason,
                 "action": need.action, "arguments_hash": need.arguments_hash, "node": need.node,
+                "roles": list(need.roles), "required_approvals": need.required_approvals,
+                "policies": (need.policy or {}).get("policies", []),
             })
         current = store.get_run(session=session, run_id=run.id)
         current.status, current.worker_id, current.lease_expires_at, current.updated_at = (
@@ -546,7 +573,8 @@ class Executor:
         return ApprovalNeed(
             interrupt_id=item.id, run_id=run.id, workflow=run.workflow, version=run.version,
             requested_by=run.created_by, node=value["node"], action=value["action"], arguments=value["arguments"],
-            arguments_hash=value["arguments_hash"], reason=value["reason"],
+            arguments_hash=value["arguments_hash"], reason=value["reason"], roles=tuple(value.get("roles") or ()),
+            required_approvals=int(value.get("approvals") or 1), policy=value.get("policy"),
         )
 
     def _finish(

@@ -1,20 +1,27 @@
-"""The governance gate every connector action passes, in this order:
+"""The governance gate every connector action passes: a pipeline of small stages, in this order.
 
-1. stop: a run whose cancellation was requested, or whose ownership this execution
+0. stop: a run whose cancellation was requested, or whose ownership this execution
    lost, makes no further call (:class:`RunCancelled`, :class:`ExecutionFenced`);
-2. permission: the action's scope must be granted to the workflow;
-3. approval: an action declared ``requires_approval`` (or a step's own
-   :meth:`Gate.require_approval`) pauses the run with a LangGraph interrupt until a
-   person decides; the decision is bound to a hash of the exact arguments;
+1. grants: the action's scope must be among the workflow's declared grants (the static
+   ceiling; :class:`PermissionDenied`);
+2. policy: the Cedar policies decide allow, deny (:class:`PolicyDenied`, naming the
+   policy and its reason) or escalate, on a context the action's builder makes from the
+   arguments and facts the engine reads itself (see :mod:`runtime.facts`). The decision
+   is audited as its own ``policy.decision`` event, before and apart from the call's;
+3. approval: an escalation (or an action declared ``requires_approval``, or a step's own
+   :meth:`Gate.require_approval`) pauses the run with a LangGraph interrupt until enough
+   distinct people decide; the decision is bound to a hash of the exact arguments;
 4. replay: a call whose identity already has a record returns the recorded result
-   instead of calling again, after checking that the record is of the same action
-   and request (:class:`NonDeterministicReplay` otherwise);
-5. execution: the connector's HTTP call, retried in the connector layer, carrying
-   the deterministic ``Idempotency-Key``;
-6. record: the decision and the call (request and response digests, no payloads,
-   no secrets) are appended to the audit chain with the call record, in one
-   transaction that is committed before the step goes on. Once the external call
-   has started, the record is written even if the step is being cancelled.
+   instead of calling again, after checking that the record is of the same action and
+   request (:class:`NonDeterministicReplay` otherwise). Such a call was decided when it
+   executed, so the policy and approval stages are not asked again (today's facts could
+   otherwise refuse to hand back what already happened);
+5. execute: the connector's HTTP call, retried in the connector layer, carrying the
+   deterministic ``Idempotency-Key``;
+6. record: the call (request and response digests, no payloads, no secrets) is appended
+   to the audit chain with the call record, in one transaction that is committed before
+   the step goes on. Once the external call has started, the record is written even if
+   the step is being cancelled.
 
 A call's identity is (run, LangGraph task, position): the task is the full
 checkpoint namespace of the LangGraph task (stable when the same checkpoint is
@@ -31,7 +38,8 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from langgraph.config import get_config
 from langgraph.runtime import get_runtime
@@ -43,9 +51,16 @@ from pydantic_core import to_jsonable_python
 from runtime import audit, metrics
 from runtime.approval import ApprovalDecision
 from runtime.connectors.base import ActionSpec, end_call, start_call
-from runtime.errors import ApprovalRejected, NonDeterministicReplay, PermissionDenied, StewardError
+from runtime.errors import ApprovalRejected, NonDeterministicReplay, PermissionDenied, PolicyDenied, StewardError
+from runtime.facts import Facts
 from runtime.journal import Journal, Recorded
+from runtime.models import utcnow
+from runtime.policy import Policies, PolicyDecision, PolicyRequest
+from runtime.store import release_slot
 from runtime.telemetry import fail_span, tracer
+
+if TYPE_CHECKING:
+    from runtime.connectors.base import Connector
 
 APPROVAL = "steward.approval"
 RECORD = "record"
@@ -89,10 +104,15 @@ async def finish_then_cancel(awaitable: Awaitable[T]) -> T:
 class Gate:
     """One run's gate; built by the executor for each execution of the graph."""
 
-    def __init__(self, *, journal: Journal, grants: frozenset[str], step_span: Callable[[str, str], Any]) -> None:
+    def __init__(self, *, journal: Journal, grants: frozenset[str], policies: Policies,
+                 step_span: Callable[[str, str], Any], clock: Callable[[], datetime] = utcnow,
+                 compensating: bool = False) -> None:
         self.journal = journal
         self.run = journal.run
         self.grants = grants
+        self.policies = policies
+        self.clock = clock
+        self.compensating = compensating  # only the engine's compensation of the run's own effects sets it
         self._positions: defaultdict[tuple[str, int], int] = defaultdict(int)
         self._step_span = step_span
 
@@ -136,8 +156,11 @@ class Gate:
             )
         return recorded
 
-    async def require_approval(self, *, action: str, arguments: dict[str, Any], reason: str) -> ApprovalDecision:
-        """Pause until a person approves exactly ``arguments``; raise :class:`ApprovalRejected` on rejection.
+    async def require_approval(self, *, action: str, arguments: dict[str, Any], reason: str,
+                               roles: tuple[str, ...] = (), approvals: int = 1,
+                               policy: dict[str, Any] | None = None) -> ApprovalDecision:
+        """Pause until ``approvals`` distinct people (of ``roles``, when a policy names them) approve exactly
+        ``arguments``; raise :class:`ApprovalRejected` on a rejection.
 
         >>> await runtime.context.request_approval(action="pricing.bulk_change", arguments=changes,
         ...                                        reason="a price moves by more than 10 %")
@@ -152,10 +175,13 @@ class Gate:
             "arguments_hash": arguments_hash,
             "reason": reason,
             "node": site.node,
+            "roles": list(roles),
+            "approvals": approvals,
+            "policy": policy,
         }
         while True:
-            # On re-execution interrupt() hands back the recorded decision; a decision that was
-            # made for other arguments does not count, so the loop asks again.
+            # On re-execution interrupt() hands back the recorded decision; a decision that was made for
+            # other arguments, or by fewer people than are needed now, does not count, so the loop asks again.
             answer = interrupt(request)
             try:
                 decision = ApprovalDecision.model_validate(answer)
@@ -170,6 +196,8 @@ class Gate:
                     decided_by=decision.approver,
                     comment=decision.comment,
                 )
+            if len(decision.approved_by) < approvals:
+                continue
             return decision
 
     async def record(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -210,7 +238,8 @@ class Gate:
 
         return await finish_then_cancel(run_and_record())
 
-    async def call(self, spec: ActionSpec, arguments: dict[str, Any], invoke: Callable[[], Awaitable[Any]]) -> Any:
+    async def call(self, spec: ActionSpec, arguments: dict[str, Any], invoke: Callable[[], Awaitable[Any]], *,
+                   connector: Connector | None = None) -> Any:
         site = self._site()
         self.journal.check_stop()
         position = self._position(site)
@@ -222,7 +251,7 @@ class Gate:
             "steward.action": spec.name,
             "steward.node": site.node,
         }
-        decision = {
+        call = {
             "action": spec.name,
             "scope": spec.scope,
             "effect": spec.effect.value,
@@ -230,39 +259,87 @@ class Gate:
             "position": position,
             "idempotency_key": key,
         }
-        journal = self.journal
         parent = self._enter_step(site)
         with tracer().start_as_current_span("steward.gate", context=parent, attributes=attrs,
                                             set_status_on_exception=False) as span:  # fail_span sets it
-            if spec.scope not in self.grants:
-                span.set_attribute("steward.decision", "deny")
-                fail_span(span, PermissionDenied.code, f"scope {spec.scope!r} is not granted")
-                metrics.gate_decision(self.run, action=spec.name, decision="deny")
-                await journal.commit([journal.event("gate.decision", {**decision, "decision": "deny",
-                                                                      "rule": "no grant"})])
-                raise PermissionDenied(
-                    f"workflow {self.run.workflow!r} may not call {spec.name}: scope {spec.scope!r} is not granted; "
-                    f"add it to the workflow's grants"
-                )
-            span.set_attribute("steward.decision", "allow")
-            allowed = {**decision, "decision": "allow", "rule": f"grant:{spec.scope}"}
-            if spec.requires_approval:
-                await self.require_approval(
-                    action=spec.name, arguments=arguments, reason=f"{spec.name} always requires approval"
-                )
-
+            await self._check_grant(spec, span, call)
             request_digest = audit.digest(arguments)
             recorded = self._replay(site, position, key, spec.name, request_digest)
             if recorded is not None:
-                span.set_attribute("steward.replayed", True)
-                metrics.gate_decision(self.run, action=spec.name, decision="replay")
-                await journal.commit([journal.event("connector.replayed",
-                                                    {**allowed, "response_digest": audit.digest(recorded.response)})])
-                return recorded.response
-            journal.check_stop()
+                return await self._replayed(spec, span, call, recorded)
+            verdict = await self._authorize(spec, arguments, connector, key, span, call)
+            approval = await self._approve(spec, arguments, verdict)
+            span.set_attribute("steward.decision", "allow")
+            allowed = {**call, "decision": "allow", "rule": f"grant:{spec.scope}", "policies": list(verdict.policies)}
+            if approval is not None:
+                allowed |= {"approval_id": approval.approval_id, "approved_by": approval.approved_by}
+            self.journal.check_stop()
             metrics.gate_decision(self.run, action=spec.name, decision="allow")
             return await finish_then_cancel(
                 self._execute(spec, invoke, key, site, position, allowed, request_digest, attrs))
+
+    async def _check_grant(self, spec: ActionSpec, span: Any, call: dict[str, Any]) -> None:
+        """Stage 1: the scope must be among the workflow's grants."""
+        if spec.scope in self.grants:
+            return
+        span.set_attribute("steward.decision", "deny")
+        fail_span(span, PermissionDenied.code, f"scope {spec.scope!r} is not granted")
+        metrics.gate_decision(self.run, action=spec.name, decision="deny")
+        await self.journal.commit([self.journal.event("gate.decision", {**call, "decision": "deny",
+                                                                        "rule": "no grant"})])
+        raise PermissionDenied(
+            f"workflow {self.run.workflow!r} may not call {spec.name}: scope {spec.scope!r} is not granted; "
+            f"add it to the workflow's grants"
+        )
+
+    async def _authorize(self, spec: ActionSpec, arguments: dict[str, Any], connector: Connector | None, key: str,
+                         span: Any, call: dict[str, Any]) -> PolicyDecision:
+        """Stage 2: the policies decide on the call's resource and context. A denial is written at once
+        (and gives back any counter slot the context took); any other decision goes with the call's record."""
+        journal = self.journal
+        facts = Facts.of_call(journal=journal, connector=connector, action=spec.name, idempotency_key=key,
+                              compensating=self.compensating, clock=self.clock)
+        context = await spec.context(facts, arguments) if spec.context is not None else {}
+        verdict = self.policies.evaluate(PolicyRequest(
+            workflow=self.run.workflow, version=self.run.version, action=spec.name,
+            resource=spec.policy_resource(arguments), context=context))
+        span.set_attributes({"steward.policy.outcome": verdict.outcome, "steward.policy.ids": list(verdict.policies),
+                             "steward.policy.hash": verdict.policy_hash})
+        event = journal.event("policy.decision", {**call, **verdict.explain()})
+        if verdict.outcome != "deny":
+            journal.defer(event)
+            return verdict
+        span.set_attribute("steward.decision", "deny")
+        fail_span(span, PolicyDenied.code, verdict.reason)
+        metrics.gate_decision(self.run, action=spec.name, decision="policy_deny")
+        raw = journal.db.raw
+        await journal.commit([event], ops=[lambda cursor, k=k: release_slot(cursor, raw, k) for k in facts.taken])
+        named = ", ".join(verdict.policies) or "no policy permits it"
+        raise PolicyDenied(f"{spec.name} is denied by policy ({named}): {verdict.reason}",
+                           details=verdict.explain())
+
+    async def _approve(self, spec: ActionSpec, arguments: dict[str, Any],
+                       verdict: PolicyDecision) -> ApprovalDecision | None:
+        """Stage 3: an escalation (or an action that always needs one) waits for its approvers."""
+        if verdict.outcome == "escalate":
+            metrics.gate_decision(self.run, action=spec.name, decision="escalate")
+            return await self.require_approval(action=spec.name, arguments=arguments, reason=verdict.reason,
+                                               roles=verdict.roles, approvals=verdict.approvals,
+                                               policy=verdict.explain())
+        if spec.requires_approval:
+            return await self.require_approval(action=spec.name, arguments=arguments,
+                                               reason=f"{spec.name} always requires approval")
+        return None
+
+    async def _replayed(self, spec: ActionSpec, span: Any, call: dict[str, Any], recorded: Recorded) -> Any:
+        """Stage 4: a call that has a record hands back what came back the first time."""
+        span.set_attribute("steward.decision", "allow")
+        span.set_attribute("steward.replayed", True)
+        metrics.gate_decision(self.run, action=spec.name, decision="replay")
+        await self.journal.commit([self.journal.event("connector.replayed", {
+            **call, "decision": "allow", "rule": f"grant:{spec.scope}",
+            "response_digest": audit.digest(recorded.response)})])
+        return recorded.response
 
     async def _execute(self, spec: ActionSpec, invoke: Callable[[], Awaitable[Any]], key: str, site: CallSite,
                        position: int, allowed: dict[str, Any], request_digest: str, attrs: dict[str, Any]) -> Any:

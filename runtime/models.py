@@ -75,6 +75,8 @@ class Run(SQLModel, table=True):
     trace_id: str | None = Field(default=None, max_length=32)
     root_span_id: str | None = Field(default=None, max_length=16,
                                      description="The run's root span (its submit span): every execution's parent")
+    policy_hash: str | None = Field(default=None, max_length=64, description=(
+        "The policy set the run is evaluated under (see runtime.policy); an operator may re-pin it"))
     cancel_requested: bool = False
     status_reason: str | None = Field(default=None, max_length=500,
                                       description="Why the run is in its status, e.g. parked: its version is not loaded")
@@ -84,6 +86,40 @@ class Run(SQLModel, table=True):
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
     finished_at: datetime | None = _ts_opt()
+
+
+class PolicySetRecord(SQLModel, table=True):
+    """A policy set some process has loaded, kept by content hash so that runs pinned to it can be
+    evaluated under it after the files have changed (see ``runtime.policy.PolicyBook``)."""
+
+    __tablename__ = "policy_sets"
+
+    hash: str = Field(primary_key=True, max_length=64)
+    documents: dict[str, Any] = _json(dict)
+    loaded_at: datetime = _ts()
+
+
+class PolicyCounter(SQLModel, table=True):
+    """A count policies read (e.g. a workflow's customer messages in one hour), taken one slot at a time."""
+
+    __tablename__ = "policy_counters"
+
+    counter: str = Field(primary_key=True, max_length=300)
+    window_start: datetime = Field(primary_key=True, sa_type=UTCDateTime)
+    count: int = 0
+
+
+class PolicySlot(SQLModel, table=True):
+    """The slot of a counter one call took, by the call's idempotency key: a call taken up again
+    (after an approval or a crash) keeps its slot instead of counting twice."""
+
+    __tablename__ = "policy_slots"
+
+    idempotency_key: str = Field(primary_key=True, max_length=64)
+    counter: str = Field(max_length=300)
+    window_start: datetime = Field(sa_type=UTCDateTime)
+    slot: int
+    created_at: datetime = _ts()
 
 
 class WorkflowVersion(SQLModel, table=True):

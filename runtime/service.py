@@ -19,6 +19,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, pool
 
+from runtime import store
 from runtime.approval import ApprovalPort
 from runtime.changes import RunChanges
 from runtime.checkpoint import open_checkpointer
@@ -29,7 +30,8 @@ from runtime.executor import Executor
 from runtime.sdk import Registry, load_object, load_registry
 from runtime.settings import Settings
 from runtime.telemetry import setup_tracing
-from runtime.versions import register_versions
+from runtime.policy import PolicyBook, load_policies
+from runtime.versions import register_policies, register_versions
 
 
 class DatabaseNotMigrated(StewardError):
@@ -44,6 +46,15 @@ class Steward:
     registry: Registry
     executor: Executor
     changes: RunChanges
+
+    @property
+    def policies(self) -> PolicyBook:
+        return self.executor.policies
+
+
+async def _policy_documents(db: Database, policy_hash: str) -> dict[str, Any] | None:
+    return await db.run(lambda session: store.policy_documents(session=session, policy_hash=policy_hash),
+                        read_only=True)
 
 
 def build_connectors(
@@ -102,6 +113,7 @@ async def open_steward(
     loaded workflow version is registered with its code hash (see :mod:`runtime.versions`)."""
     setup_tracing()
     registry = registry if registry is not None else load_registry(settings.workflows)
+    policies = load_policies(settings.policies)  # a malformed policy file stops start-up, naming file and line
     db = Database(settings.database_url)
     changes = RunChanges()
     changes.bind(asyncio.get_running_loop())
@@ -110,6 +122,7 @@ async def open_steward(
         # Migrating and checking the schema are synchronous database work: in a thread, like the rest.
         await asyncio.to_thread(db.upgrade if db.is_sqlite else functools.partial(check_migrated, db))
         await register_versions(db, registry)
+        await register_policies(db, policies)
     except BaseException:
         await db.dispose()
         raise
@@ -120,6 +133,7 @@ async def open_steward(
             executor = Executor(
                 db=db, registry=registry, connectors=connectors, checkpointer=saver,
                 approvals=approvals if approvals is not None else load_object(settings.approvals),
+                policies=PolicyBook(policies, load=functools.partial(_policy_documents, db)),
                 lease_seconds=settings.lease_seconds, concurrency=settings.executor_concurrency,
                 poll_seconds=settings.executor_poll_seconds,
             )

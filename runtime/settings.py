@@ -8,12 +8,14 @@ Every field can be set by an environment variable named ``STEWARD_<FIELD>``
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SANDBOX_TOKEN = "sandbox-token"
+POLICIES = Path(__file__).resolve().parent.parent / "policies"
 
 
 class Settings(BaseSettings):
@@ -35,6 +37,10 @@ class Settings(BaseSettings):
         default_factory=lambda: ["approvals.api:router"],
         description="module:attr strings naming extra FastAPI routers to mount under /api/v1",
     )
+
+    policies: list[Path] = Field(default_factory=lambda: [POLICIES], description=(
+        "Folders of Cedar policies (*.cedar) and schemas (*.cedarschema), loaded together; start-up "
+        "stops on any malformed file (default: the policies/ folder shipped with Steward)"))
 
     approvals: str = Field(
         "approvals.store:PORT",

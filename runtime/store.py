@@ -22,6 +22,9 @@ from runtime.models import (
     ApiToken,
     AuditEvent,
     ConnectorCall,
+    PolicyCounter,
+    PolicySetRecord,
+    PolicySlot,
     Run,
     RunStatus,
     RunStep,
@@ -353,6 +356,59 @@ def recorded_calls(*, session: Session, run_id: str) -> dict[str, Recorded]:
     return {key: Recorded(action, digest, response) for key, action, digest, response in session.execute(query).all()}
 
 
+
+
+def take_slot(*, session: Session, key: str, counter: str, window_start: Any) -> int:
+    """The slot call ``key`` holds in ``counter``'s window, taking the next one if it holds none.
+
+    The counter row is bumped with an upsert, so concurrent calls on both databases queue on it and
+    each gets its own number: twenty calls released together count 1 to 20, never 20 twenty times."""
+    held = session.get(PolicySlot, key)
+    if held is not None:
+        return held.slot
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    upsert = dialect.insert(PolicyCounter).values(counter=counter, window_start=window_start, count=1)
+    upsert = upsert.on_conflict_do_update(index_elements=["counter", "window_start"],
+                                          set_={"count": PolicyCounter.count + 1}).returning(PolicyCounter.count)
+    slot = session.execute(upsert).scalar_one()
+    session.add(PolicySlot(idempotency_key=key, counter=counter, window_start=window_start, slot=slot))
+    session.flush()
+    return slot
+
+
+def peek_slot(*, session: Session, key: str, counter: str, window_start: Any) -> int:
+    """The slot ``take_slot`` would return now, without taking it (hypothetical evaluations)."""
+    held = session.get(PolicySlot, key)
+    if held is not None:
+        return held.slot
+    count = session.scalar(select(PolicyCounter.count).where(PolicyCounter.counter == counter,
+                                                               PolicyCounter.window_start == window_start))
+    return (count or 0) + 1
+
+
+_RELEASE_SLOT = "DELETE FROM policy_slots WHERE idempotency_key = ? RETURNING counter, window_start"
+_UNCOUNT = "UPDATE policy_counters SET count = count - 1 WHERE counter = ? AND window_start = ? AND count > 0"
+
+
+def release_slot(cursor: Any, raw: Any, key: str) -> None:
+    """Give back the slot call ``key`` took (its call was denied): a cursor operation for the journal."""
+    cursor.execute(raw.sql(_RELEASE_SLOT), (key,))
+    row = cursor.fetchone()
+    if row is not None:
+        cursor.execute(raw.sql(_UNCOUNT), (row[0], row[1]))
+
+
+def save_policy_set(*, session: Session, policy_hash: str, documents: dict[str, Any]) -> bool:
+    """Keep a loaded policy set by its hash; True when it was new."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(PolicySetRecord).values(hash=policy_hash, documents=documents, loaded_at=utcnow())
+    statement = statement.on_conflict_do_nothing(index_elements=["hash"]).returning(PolicySetRecord.hash)
+    return session.execute(statement).first() is not None
+
+
+def policy_documents(*, session: Session, policy_hash: str) -> dict[str, Any] | None:
+    record = session.get(PolicySetRecord, policy_hash)
+    return None if record is None else record.documents
 
 
 def list_audit(

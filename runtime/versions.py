@@ -17,6 +17,7 @@ from runtime import audit, store
 from runtime.db import Database
 from runtime.errors import WorkflowCodeChanged
 from runtime.models import utcnow
+from runtime.policy import Policies
 from runtime.sdk import Registry, Workflow
 
 SYSTEM = "steward"
@@ -44,6 +45,19 @@ def register_version(session: Session, wf: Workflow) -> dict[str, str | None] | 
     previous, row.code_hash, row.registered_at = row.code_hash, wf.code_hash, utcnow()
     session.flush()
     return {"name": wf.name, "version": wf.version, "code_hash": wf.code_hash, "previous_hash": previous}
+
+
+async def register_policies(db: Database, policies: Policies) -> None:
+    """Keep the loaded policy set by its hash (runs are pinned to it) and audit its first load."""
+
+    def register(session: Session) -> None:
+        if store.save_policy_set(session=session, policy_hash=policies.hash, documents=policies.documents.to_json()):
+            audit.append(session, kind="policy.loaded", actor=SYSTEM, data={
+                "policy_hash": policies.hash, "files": sorted([*policies.documents.policies,
+                                                              *policies.documents.schemas]),
+                "policies": sorted(policies.statements)})
+
+    await db.run(register)
 
 
 async def register_versions(db: Database, registry: Registry) -> None:

@@ -457,6 +457,28 @@ def router(store: SandboxStore, idempotent: Any) -> APIRouter:
             raise not_found()
         return owner(found)
 
+    # -- transactional e-mail (marketing v3 single send) ------------------------------------
+
+    @crm.post("/marketing/v3/transactional/single-email/send")
+    async def single_send(request: Request) -> Response:
+        body = await json_body(request)
+        email_id, message = body.get("emailId"), body.get("message")
+        if not isinstance(email_id, int) or isinstance(email_id, bool):
+            raise invalid("Invalid input JSON: `emailId` must be the integer id of a published transactional email")
+        if not isinstance(message, dict) or not isinstance(message.get("to"), str) or "@" not in message["to"]:
+            raise invalid("Invalid input JSON: `message.to` must be the recipient's email address")
+        for name in ("cc", "bcc", "replyTo"):
+            if name in message and not (isinstance(message[name], list)
+                                        and all(isinstance(a, str) and "@" in a for a in message[name])):
+                raise invalid(f"Invalid input JSON: `message.{name}` must be a list of email addresses")
+
+        def produce() -> dict[str, Any]:
+            status_id = uuid.uuid4().hex
+            requested = store.send_email(status_id, email_id, message)
+            return {"statusId": status_id, "status": "PENDING", "requestedAt": requested}
+
+        return await idempotent(request, 200, produce)
+
     # -- associations v4 -------------------------------------------------------------------
 
     @crm.put("/crm/v4/objects/{from_type}/{from_id}/associations/default/{to_type}/{to_id}")

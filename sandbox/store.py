@@ -46,6 +46,8 @@ CREATE TABLE IF NOT EXISTS prices (sku TEXT NOT NULL, currency TEXT NOT NULL, am
 CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, status INTEGER NOT NULL, body TEXT);
 CREATE TABLE IF NOT EXISTS writes (key TEXT PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS ids (name TEXT PRIMARY KEY, next INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS emails (status_id TEXT PRIMARY KEY, email_id INTEGER NOT NULL, message TEXT NOT NULL,
+    requested_at TEXT NOT NULL);
 """
 
 
@@ -102,6 +104,16 @@ class SandboxStore:
         self.db.execute("INSERT INTO objects VALUES (?, ?, ?, ?, ?, 0, NULL)",
                         (object_type, object_id, json.dumps(props), stamp, stamp))
         return self.get(object_type, object_id)
+
+    def send_email(self, status_id: str, email_id: int, message: dict[str, Any]) -> str:
+        stamp = now()
+        self.db.execute("INSERT INTO emails VALUES (?, ?, ?, ?)", (status_id, email_id, json.dumps(message), stamp))
+        return stamp
+
+    def sent_emails(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT status_id, email_id, message, requested_at FROM emails ORDER BY rowid")
+        return [{"statusId": sid, "emailId": eid, "message": json.loads(msg), "requestedAt": at}
+                for sid, eid, msg, at in rows.fetchall()]
 
     def get(self, object_type: str, object_id: Any, *, archived: bool = False) -> dict[str, Any] | None:
         try:

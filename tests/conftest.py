@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -19,9 +20,10 @@ import pytest
 
 from runtime.db import Database
 from runtime.service import Steward, build_connectors, open_steward
-from runtime.settings import Settings
+from runtime.settings import POLICIES, Settings
 from tests.fakes import instant_retry
 
+TEST_POLICIES = Path(__file__).parent / "policies"  # the shipped policies, plus the test connector's
 PG_ADMIN = os.environ.get("STEWARD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 _template: str | None = None
 
@@ -99,7 +101,7 @@ def sandbox():
 @pytest.fixture
 def settings(database_url: str, tmp_path) -> Settings:
     return Settings(database_url=database_url, crm_url="http://sandbox/crm", pricing_url="http://sandbox/pricing",
-                    demo=True, lease_seconds=5, executor_poll_seconds=0.05,
+                    policies=[POLICIES, TEST_POLICIES], demo=True, lease_seconds=5, executor_poll_seconds=0.05,
                     sandbox_path=str(tmp_path / "mounted-sandbox.db"))
 
 

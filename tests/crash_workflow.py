@@ -23,7 +23,7 @@ class State(TypedDict, total=False):
 
 
 async def write_then_stall(state: State, runtime) -> dict:
-    first = await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="111.00")
+    first = await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="105.00")
     marker = Path(os.environ["STEWARD_TEST_PAUSE_FILE"])
     if not marker.exists():
         marker.write_text(str(os.getpid()))
@@ -32,7 +32,7 @@ async def write_then_stall(state: State, runtime) -> dict:
 
 
 async def write_again(state: State, runtime) -> dict:
-    second = await runtime.context.pricing.set_price(sku="SKU-1002", currency="EUR", amount="122.00")
+    second = await runtime.context.pricing.set_price(sku="SKU-1002", currency="EUR", amount="108.00")
     return {"second": second["amount"]}
 
 

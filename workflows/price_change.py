@@ -1,4 +1,9 @@
-"""Price change: read current prices, ask a pricing manager when any price moves more than 10 %, apply, record.
+"""Price change: read current prices, apply the new ones, record a summary.
+
+How far a price may move without a person is not this module's business: the policies
+in ``policies/pricing.cedar`` decide each ``pricing.set_price`` call (over 10 %: a pricing
+manager approves; over 25 %: two; a cut over 30 %: denied), so the same rules hold for
+every workflow that sets prices.
 
 Input::
 
@@ -16,9 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from runtime import ConnectorRejected, Owner, StepContext, StewardError, Workflow
 from workflows.currencies import ISO_4217
-
-APPROVAL_THRESHOLD_PCT = Decimal("10")
-
 
 class UnknownSku(StewardError):
     code = "unknown_sku"
@@ -61,7 +63,6 @@ class State(TypedDict, total=False):
     reason: str
     changes: list[dict[str, Any]]
     applied: list[dict[str, Any]]
-    approval: dict[str, Any] | None
     summary: dict[str, Any]
 
 
@@ -82,23 +83,12 @@ async def read_prices(state: State, runtime: Runtime[StepContext]) -> State:
 
 
 async def apply_prices(state: State, runtime: Runtime[StepContext]) -> State:
-    ctx = runtime.context
-    large = [c for c in state["changes"] if abs(Decimal(c["change_pct"])) > APPROVAL_THRESHOLD_PCT]
-    approval = None
-    if large:
-        moves = ", ".join(f"{c['sku']} {c['change_pct']} %" for c in large)
-        decision = await ctx.request_approval(
-            action="pricing.change_prices",
-            arguments={"changes": state["changes"], "reason": state["reason"]},
-            reason=f"price moves over {APPROVAL_THRESHOLD_PCT} %: {moves}",
-        )
-        approval = {"approval_id": decision.approval_id, "approved_by": decision.approver,
-                    "comment": decision.comment}
+    """One ``pricing.set_price`` per change; the policies may pause any of them for approval."""
     applied = []
     for change in state["changes"]:
-        applied.append(await ctx.pricing.set_price(sku=change["sku"], currency=change["currency"],
-                                                   amount=change["new_price"]))
-    return {"applied": applied, "approval": approval}
+        applied.append(await runtime.context.pricing.set_price(sku=change["sku"], currency=change["currency"],
+                                                               amount=change["new_price"]))
+    return {"applied": applied}
 
 
 async def record(state: State, runtime: Runtime[StepContext]) -> State:
@@ -106,7 +96,6 @@ async def record(state: State, runtime: Runtime[StepContext]) -> State:
     return {"summary": {
         "changed": len(state["applied"]),
         "largest_change_pct": f"{max(moves):.2f}",
-        "approved_by": (state.get("approval") or {}).get("approved_by"),
         "reason": state["reason"],
     }}
 
@@ -125,9 +114,9 @@ def build() -> StateGraph:
 
 workflow = Workflow(
     name="price_change",
-    version="1.0.0",
+    version="1.1.0",  # 1.1.0: approvals come from the pricing policies, per SKU (1.0.0 asked once, in code)
     owner=Owner(name="Pricing Operations Lead", email="pricing-ops@example.com"),
-    description="Change list prices per SKU; any move over 10 % waits for a pricing manager's approval.",
+    description="Change list prices per SKU; the pricing policies decide which moves need a pricing manager.",
     input_model=PriceChangeInput,
     build=build,
     grants={"pricing.prices.read", "pricing.prices.write"},

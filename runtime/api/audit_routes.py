@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 
 from runtime import audit, store
-from runtime.api.deps import StewardDep, UserDep
+from runtime.api.deps import NO_NUL, StewardDep, UserDep
 from runtime.api.problems import errors
 from runtime.api.paging import MAX_INT_KEY, CursorQuery, Pages
 from runtime.api.responses import json_body
@@ -24,7 +24,7 @@ PAGES = Pages("audit", AuditEventPublic, AuditPage, key=lambda event: [event.seq
 async def list_audit(
     steward: StewardDep,
     _: UserDep,
-    run_id: Annotated[str | None, Query(max_length=32)] = None,
+    run_id: Annotated[str | None, Query(max_length=32, pattern=NO_NUL)] = None,
     after_seq: Annotated[int, Query(ge=0, le=MAX_INT_KEY, description="Start after this sequence number")] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
     cursor: Annotated[str | None, CursorQuery] = None,

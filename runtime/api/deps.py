@@ -13,6 +13,8 @@ from runtime import store
 from runtime.errors import InputInvalid, Unauthorized
 from runtime.service import Steward
 
+NO_NUL = r"^[^\x00]*$"  # declared on free-text query parameters: a NUL is refused (reject_unknown_query)
+
 _bearer = HTTPBearer(auto_error=False, description="A token from `steward tokens create`")
 
 

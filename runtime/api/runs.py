@@ -12,11 +12,11 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from runtime import store
-from runtime.api.deps import StewardDep, UserDep, still_authorised
+from runtime.api.deps import NO_NUL, StewardDep, UserDep, still_authorised
 from runtime.api.problems import errors
 from runtime.api.paging import CursorQuery, Pages
 from runtime.api.responses import json_body
-from runtime.api.schemas import RunCreate, RunDetail, RunPage, RunPublic, StepPublic
+from runtime.api.schemas import PolicyPin, RunCreate, RunDetail, RunPage, RunPublic, StepPublic
 from runtime.errors import Unauthorized
 from runtime.models import FINISHED, RunStatus
 
@@ -62,7 +62,7 @@ async def list_runs(
     steward: StewardDep,
     _: UserDep,
     status: RunStatus | None = None,
-    workflow: Annotated[str | None, Query(max_length=100)] = None,
+    workflow: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, CursorQuery] = None,
 ) -> Response:
@@ -182,6 +182,15 @@ async def _events(steward: Any, request: Request, run_id: str, detail: RunDetail
 
 def _event(kind: str, number: int, data: str) -> bytes:
     return f"id: {number}\nevent: {kind}\ndata: {data}\n\n".encode()
+
+
+@router.post("/{run_id}/policy", response_model=RunDetail, operation_id="runs-pin-policy",
+             responses=errors(401, 404, 409, 422), summary="Re-pin a run to another policy set")
+async def pin_policy(run_id: str, body: PolicyPin, steward: StewardDep, user: UserDep) -> RunDetail:
+    """A run keeps the policy set it started under; an operator may move it to another one this database
+    has loaded (audited with the reason). An execution in progress takes it up at its next execution."""
+    await steward.executor.pin_policy(run_id=run_id, policy_hash=body.policy_hash, actor=user, reason=body.reason)
+    return await run_detail(steward, run_id)
 
 
 @router.post("/{run_id}/cancel", response_model=RunDetail, operation_id="runs-cancel",

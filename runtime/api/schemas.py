@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,7 +50,17 @@ class RunPublic(BaseModel):
     updated_at: datetime
     finished_at: datetime | None
     trace_id: str | None
+    policy_hash: str | None = Field(description="The policy set the run is evaluated under (re-pinnable)")
     error: dict[str, Any] | None
+
+
+class PolicyPin(BaseModel):
+    """Evaluate a run under another policy set from now on (its next call, and every later one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy_hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="A policy set this database has loaded")]
+    reason: Annotated[str, Field(min_length=3, max_length=500)]
 
 
 class RunPage(Page[RunPublic]):

@@ -45,6 +45,7 @@ from runtime.errors import (
 from runtime.models import utcnow
 
 if TYPE_CHECKING:
+    from runtime.facts import Facts
     from runtime.gate import Gate
 
 
@@ -60,9 +61,14 @@ class Effect(str, enum.Enum):
         return self is not Effect.read
 
 
+Resource = Callable[[dict[str, Any]], tuple[str, str]]
+ContextBuilder = Callable[["Facts", dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
 @dataclass(frozen=True)
 class ActionSpec:
-    """An action's declaration: ``connector.method``, its scope, effect and inverse."""
+    """An action's declaration: ``connector.method``, its scope, effect and inverse, and how a call of it
+    is described to the policies: the resource it acts on and its context (see :mod:`runtime.facts`)."""
 
     connector: str
     method: str
@@ -70,6 +76,12 @@ class ActionSpec:
     effect: Effect
     inverse: str | None = None
     requires_approval: bool = False
+    resource: Resource | None = field(default=None, compare=False)
+    context: ContextBuilder | None = field(default=None, compare=False)
+
+    def policy_resource(self, arguments: dict[str, Any]) -> tuple[str, str]:
+        """The Cedar resource of a call: the action's own, or the connector as a whole."""
+        return self.resource(arguments) if self.resource is not None else ("Connector", self.connector)
 
     @property
     def name(self) -> str:
@@ -91,9 +103,14 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
 def action(
-    *, scope: str, effect: Effect, inverse: str | None = None, requires_approval: bool = False
+    *, scope: str, effect: Effect, inverse: str | None = None, requires_approval: bool = False,
+    resource: Resource | None = None, context: ContextBuilder | None = None,
 ) -> Callable[[F], F]:
-    """Declare a connector method as a governed action (keyword-only arguments, JSON-safe)."""
+    """Declare a connector method as a governed action (keyword-only arguments, JSON-safe).
+
+    ``resource(arguments)`` names what a call acts on as a Cedar entity (``("Sku", "SKU-1001")``;
+    default: the connector); ``context(facts, arguments)`` builds the record the policies read, as the
+    action's entry in the policy schema declares it (default: empty)."""
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
@@ -103,13 +120,15 @@ def action(
                 raise StewardError(
                     f"{spec.name} was called outside a Steward step: use runtime.context.{self.name} inside a node"
                 )
-            return await self._gate.call(spec, arguments, lambda: fn(self, **arguments))
+            return await self._gate.call(spec, arguments, lambda: fn(self, **arguments), connector=self)
 
         governed.__steward_action__ = {  # type: ignore[attr-defined]
             "scope": scope,
             "effect": Effect(effect),
             "inverse": inverse,
             "requires_approval": requires_approval,
+            "resource": resource,
+            "context": context,
         }
         return governed  # type: ignore[return-value]
 
@@ -191,6 +210,14 @@ class Connector:
                         found[attr] = ActionSpec(connector=cls.name, method=attr, **decl)
             cls._actions = found
         return cls._actions  # type: ignore[return-value]
+
+    async def read(self, method: str, **arguments: Any) -> Any:
+        """Call read action ``method`` directly, outside the gate: for the engine's own reads that
+        describe a call to the policies (see :meth:`runtime.facts.Facts.read`), never for a step's."""
+        spec = type(self).actions().get(method)
+        if spec is None or spec.effect is not Effect.read:
+            raise StewardError(f"{self.name}.{method} is not a read action of this connector")
+        return await getattr(type(self), method).__wrapped__(self, **arguments)
 
     def bind(self, gate: Gate) -> Connector:
         """A view of this connector whose actions pass through ``gate`` (one per run)."""

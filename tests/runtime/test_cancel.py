@@ -24,11 +24,11 @@ class State(TypedDict, total=False):
 
 def two_writes() -> Workflow:
     async def first(state: State, runtime) -> dict:
-        done = await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="111.00")
+        done = await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="105.00")
         return {"first": done["amount"]}
 
     async def second(state: State, runtime) -> dict:
-        done = await runtime.context.pricing.set_price(sku="SKU-1002", currency="EUR", amount="122.00")
+        done = await runtime.context.pricing.set_price(sku="SKU-1002", currency="EUR", amount="108.00")
         return {"second": done["amount"]}
 
     def build() -> StateGraph:
@@ -109,7 +109,7 @@ def other_process(steward) -> Executor:
     """An executor that drives nothing of this run, as the API process of another host would be."""
     ex = steward.executor
     return Executor(db=steward.db, registry=steward.registry, connectors=ex.connectors,
-                    checkpointer=ex.checkpointer, approvals=ex.approvals)
+                    checkpointer=ex.checkpointer, approvals=ex.approvals, policies=ex.policies)
 
 
 def held_step(name: str, then) -> tuple[Workflow, asyncio.Event, asyncio.Event]:
@@ -141,7 +141,7 @@ async def test_a_cancel_from_another_process_is_noticed_at_the_executions_next_t
 ) -> None:
     async def then(ctx) -> dict:
         await ctx.record("look", lambda: "ok")  # one transaction: its fence reads the request
-        await ctx.pricing.set_price(sku="SKU-1001", currency="EUR", amount="1.00")
+        await ctx.pricing.set_price(sku="SKU-1001", currency="EUR", amount="101.00")
         return {}
 
     wf, entered, go = held_step("cancel_elsewhere", then)
@@ -156,7 +156,7 @@ async def test_a_cancel_from_another_process_is_noticed_at_the_executions_next_t
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # notifications are PostgreSQL's
 async def test_a_cancel_from_another_process_reaches_a_listening_worker_at_once(open_custom, sandbox) -> None:
     async def then(ctx) -> dict:
-        await ctx.pricing.set_price(sku="SKU-1001", currency="EUR", amount="1.00")
+        await ctx.pricing.set_price(sku="SKU-1001", currency="EUR", amount="101.00")
         return {}
 
     wf, entered, go = held_step("cancel_notified", then)
@@ -218,7 +218,7 @@ async def test_a_cancel_read_as_the_run_is_given_up_cancels_it(open_custom, give
         ex = steward.executor
         worker = ex if gives_up == "release" else Executor(
             db=steward.db, registry=Registry([]), connectors=ex.connectors, checkpointer=ex.checkpointer,
-            approvals=ex.approvals)
+            approvals=ex.approvals, policies=ex.policies)
         run, _ = await ex.submit(workflow=wf.name, input={}, actor="alice")
         method = "_park" if gives_up == "park" else "_suspend"
         give_up = getattr(worker, method)

@@ -57,7 +57,7 @@ def test_killed_worker_run_is_finished_by_a_restarted_server_without_duplicate_w
             time.sleep(0.1)
         assert run["status"] == "succeeded", (run, (tmp_path / "server.log").read_text()[-3000:])
         detail = httpx.get(f"{base}/api/v1/runs/{run['id']}", headers=auth).json()
-        assert detail["output"] == {"first": "111.00", "second": "122.00"}
+        assert detail["output"] == {"first": "105.00", "second": "108.00"}
         trail = httpx.get(f"{base}/api/v1/audit", params={"run_id": run["id"]}, headers=auth).json()["data"]
         kinds = [e["kind"] for e in trail]
         assert kinds.count("run.started") == 1 and kinds.count("run.resumed") == 1

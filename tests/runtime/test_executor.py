@@ -46,16 +46,15 @@ async def test_large_price_change_waits_for_approval_then_applies(steward: Stewa
     assert run.status == RunStatus.waiting_approval
     assert price(sandbox, "SKU-1001") == "100.00"
     [approval] = await pending(steward, run.id)
-    assert approval.action == "pricing.change_prices"
-    assert approval.arguments["changes"][0] == {
-        "sku": "SKU-1001", "currency": "EUR", "old_price": "100.00", "new_price": "115.00", "change_pct": "+15.00"}
-    assert "SKU-1001 +15.00 %" in approval.reason
+    assert approval.action == "pricing.set_price"  # the pricing policy escalated the write itself
+    assert approval.arguments == {"sku": "SKU-1001", "currency": "EUR", "amount": "115.00"}
+    assert "more than 10 %" in approval.reason and approval.roles == ["pricing_manager"]
 
     await decide(steward, approval_id=approval.id, decision="approve", actor="bob", comment="fine")
     run = await steward.executor.drive(run.id)
     assert run.status == RunStatus.succeeded
     assert price(sandbox, "SKU-1001") == "115.00"
-    assert run.output["summary"]["approved_by"] == "bob"
+    assert run.output["summary"]["largest_change_pct"] == "15.00"
     kinds = await events(steward, run.id)
     assert kinds[0] == "run.created" and kinds[-1] == "run.succeeded"
     for kind in ("approval.requested", "run.waiting_approval", "approval.decided", "run.resumed", "connector.call"):
@@ -130,7 +129,7 @@ async def test_lead_routing_dedupes_existing_contact(steward: Steward, sandbox) 
 
 async def test_scope_not_granted_is_denied_and_audited(open_custom, sandbox) -> None:
     async def sneaky(state: dict, runtime) -> dict:
-        await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="1.00")
+        await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="101.00")
         return {}
 
     wf = single_node_workflow("sneaky", sneaky, grants={"pricing.prices.read"})
@@ -284,7 +283,7 @@ async def test_cancel_a_running_run_stops_it_before_its_next_call(open_custom, s
     async def slow(state: dict, runtime) -> dict:
         entered.set()
         await release.wait()  # a long computation; the cancel arrives meanwhile
-        await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="1.00")
+        await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="101.00")
         return {}
 
     wf = single_node_workflow("slow", slow, grants={"pricing.prices.write"})
@@ -360,7 +359,7 @@ async def test_a_call_whose_answer_cannot_be_read_is_on_record_with_an_unknown_o
     from runtime.service import build_connectors
 
     async def work(state: dict, runtime) -> dict:
-        await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="1.00")
+        await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="101.00")
         return {}
 
     garbled = build_connectors(settings, transport=Undecodable(sandbox), retry=instant_retry())

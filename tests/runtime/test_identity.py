@@ -91,7 +91,7 @@ def flaky_after_write_workflow(failures: list[int]) -> Workflow:
         pass
 
     async def write_then_fail(state: dict, runtime) -> dict:
-        done = await runtime.context.pricing.set_price(sku="SKU-1004", currency="EUR", amount="140.00")
+        done = await runtime.context.pricing.set_price(sku="SKU-1004", currency="EUR", amount="109.00")
         again = await runtime.context.pricing.get_price(sku="SKU-1004", currency="EUR")
         if failures:
             failures.pop()
@@ -119,14 +119,14 @@ async def test_node_retry_policy_replays_the_write_instead_of_repeating_it(open_
         assert failures == [], "the node failed twice and was retried by its RetryPolicy"
         trail = [e.kind for e in await steward.db.run(lambda s: store.list_audit(session=s, run_id=run.id))]
         recorded = await calls(steward, run.id)
-    assert run.output == {"amount": "140.00", "read": "140.00"}
+    assert run.output == {"amount": "109.00", "read": "109.00"}
     assert list(sandbox.state.sandbox.writes.values()) == [1], sandbox.state.sandbox.writes
     assert len(recorded) == 2, "one write and one read, each recorded once"
     assert trail.count("connector.call") == 2 and trail.count("connector.replayed") == 4
 
 
 async def test_a_different_call_on_re_execution_is_refused_and_writes_nothing(open_custom, sandbox) -> None:
-    proposals = iter(["150.00", "175.00"])  # a model proposing another price the second time
+    proposals = iter(["105.00", "107.50"])  # a model proposing another price the second time
 
     async def llm_driven(state: dict, runtime) -> dict:
         current = await runtime.context.pricing.get_price(sku="SKU-1005", currency="EUR")
@@ -144,7 +144,7 @@ async def test_a_different_call_on_re_execution_is_refused_and_writes_nothing(op
         await decide(steward, approval_id=approval.id, decision="approve", actor="bob")
         run = await steward.executor.drive(run.id)
         # the read replays at position 0, the write is new at position 1: this one is allowed
-        assert run.status == RunStatus.succeeded and run.output["after"] == "175.00"
+        assert run.status == RunStatus.succeeded and run.output["after"] == "107.50"
 
     positions = iter([("get_price", "SKU-1006"), ("get_price", "SKU-1007")])
 
@@ -179,7 +179,7 @@ async def test_another_action_at_a_recorded_position_is_refused(open_custom, san
             first.pop()
             await runtime.context.pricing.get_price(sku="SKU-1008", currency="EUR")
         else:
-            await runtime.context.pricing.set_price(sku="SKU-1008", currency="EUR", amount="1.00")
+            await runtime.context.pricing.set_price(sku="SKU-1008", currency="EUR", amount="101.00")
         await runtime.context.request_approval(action="go", arguments={}, reason="check")
         return {}
 

@@ -32,7 +32,7 @@ def slow_chain() -> Workflow:
     def step(i: int):
         async def node(state: dict, runtime) -> dict:
             await asyncio.sleep(0.2)
-            await runtime.context.pricing.set_price(sku=f"SKU-100{i + 1}", currency="EUR", amount=f"1{i}0.00")
+            await runtime.context.pricing.set_price(sku=f"SKU-100{i + 1}", currency="EUR", amount=f"10{i}.00")
             return {f"s{i}": True}
 
         return node

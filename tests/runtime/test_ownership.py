@@ -29,7 +29,7 @@ def stalling_worker(steward, lease_seconds: float = 0.3) -> Executor:
     suspended VM) while one of its steps waits; its lease lapses and another worker may claim the run."""
     ex = steward.executor
     return Executor(db=steward.db, registry=steward.registry, connectors=ex.connectors,
-                    checkpointer=ex.checkpointer, approvals=ex.approvals, lease_seconds=lease_seconds)
+                    checkpointer=ex.checkpointer, approvals=ex.approvals, policies=ex.policies, lease_seconds=lease_seconds)
 
 
 async def stall_and_take_over(steward, wf, entered: asyncio.Event) -> tuple[asyncio.Task, Run]:
@@ -61,14 +61,14 @@ async def test_a_stalled_worker_cannot_change_a_run_another_worker_took_over(ope
                 raise RuntimeError("A's step fails after waking")
             if then == "returns":
                 return {"amount": "stale"}  # no Steward write: only LangGraph's task writes and checkpoint follow
-        done = await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="130.00")
+        done = await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="109.00")
         return {"amount": done["amount"]}
 
     wf = single_node_workflow("stalls", work, grants={"pricing.prices.write"})
     async with open_custom([wf]) as steward:
         driving_a, finished = await stall_and_take_over(steward, wf, entered)
         run, a = finished, steward.executor
-        assert finished.status == RunStatus.succeeded and finished.output == {"amount": "130.00"}
+        assert finished.status == RunStatus.succeeded and finished.output == {"amount": "109.00"}
         config = {"configurable": {"thread_id": run.id}}
         history = [c async for c in a.checkpointer.alist(config)]
         wake.set()
@@ -81,7 +81,7 @@ async def test_a_stalled_worker_cannot_change_a_run_another_worker_took_over(ope
         current = await steward.db.run(lambda s: store.get_run(session=s, run_id=run.id))
         trail = await steward.db.run(lambda s: store.list_audit(session=s, run_id=run.id))
         verified = await steward.db.run(audit.verify)
-    assert current.status == RunStatus.succeeded and current.output == {"amount": "130.00"} and current.error is None
+    assert current.status == RunStatus.succeeded and current.output == {"amount": "109.00"} and current.error is None
     kinds = [e.kind for e in trail]
     assert [k for k in kinds if k in TERMINAL] == ["run.succeeded"] and kinds[-1] == "run.succeeded"
     assert verified.ok
@@ -100,9 +100,9 @@ def stale_then_approved(name: str):
             entered.set()
             await wake.wait()
             return {"amount": "stale"}
-        await runtime.context.request_approval(action="pricing.set_price", arguments={"amount": "130.00"},
+        await runtime.context.request_approval(action="pricing.set_price", arguments={"amount": "109.00"},
                                                reason="a person checks every price")
-        done = await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="130.00")
+        done = await runtime.context.pricing.set_price(sku="SKU-1001", currency="EUR", amount="109.00")
         return {"amount": done["amount"]}
 
     return single_node_workflow(name, work, grants={"pricing.prices.write"}), entered, wake
@@ -125,7 +125,7 @@ async def test_a_stalled_workers_task_writes_cannot_land_under_the_checkpoint_th
         await decide(steward, approval_id=approval.id, decision="approve", actor="bob")
         finished = await b.drive(run.id)
         verified = await steward.db.run(audit.verify)
-    assert finished.status == RunStatus.succeeded and finished.output == {"amount": "130.00"}, finished.output
+    assert finished.status == RunStatus.succeeded and finished.output == {"amount": "109.00"}, finished.output
     assert verified.ok
     assert list(sandbox.state.sandbox.writes.values()) == [1]
 
@@ -136,7 +136,7 @@ async def test_lease_renewal_that_finds_the_run_gone_stops_the_execution(open_cu
     async def work(state: dict, runtime) -> dict:
         entered.set()
         await wake.wait()
-        await runtime.context.pricing.set_price(sku="SKU-1002", currency="EUR", amount="1.00")
+        await runtime.context.pricing.set_price(sku="SKU-1002", currency="EUR", amount="101.00")
         return {}
 
     wf = single_node_workflow("stalls_again", work, grants={"pricing.prices.write"})
@@ -188,11 +188,11 @@ async def test_killed_between_pending_writes_and_checkpoint_the_run_continues(
             assert run.status == RunStatus.waiting_approval, run.error
             [approval] = await steward.db.run(
                 lambda s: list_approvals(session=s, run_id=run.id, status=ApprovalStatus.pending))
-            assert approval.arguments["changes"][0]["new_price"] == "115.00"
+            assert approval.arguments["amount"] == "115.00"
             await decide(steward, approval_id=approval.id, decision="approve", actor="bob")
             run = await ex.drive(run.id)
         assert run.status == RunStatus.succeeded, run.error
-        assert run.output["summary"] == {"changed": 1, "largest_change_pct": "15.00", "approved_by": "bob",
+        assert run.output["summary"] == {"changed": 1, "largest_change_pct": "15.00",
                                          "reason": "supplier cost up"}
         assert (await steward.db.run(audit.verify)).ok
     writes = httpx.get(f"{sandbox_process}/_writes", headers={"Authorization": "Bearer sandbox-token"}).json()
@@ -225,5 +225,5 @@ async def test_a_live_worker_taken_over_at_once_cannot_slip_its_task_writes_in(o
         [approval] = await steward.db.run(lambda s: list_approvals(session=s, run_id=run.id))
         await decide(steward, approval_id=approval.id, decision="approve", actor="bob")
         finished = await b.drive(run.id)
-    assert finished.status == RunStatus.succeeded and finished.output == {"amount": "130.00"}, finished.output
+    assert finished.status == RunStatus.succeeded and finished.output == {"amount": "109.00"}, finished.output
     assert list(sandbox.state.sandbox.writes.values()) == [1]

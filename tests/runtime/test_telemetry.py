@@ -21,7 +21,7 @@ async def test_spans_and_audit_share_the_run_trace(steward: Steward) -> None:
     assert {"steward.run", "steward.step read_prices", "steward.gate", "steward.connector pricing.set_price"} <= names
     for span in spans:
         assert span.attributes["steward.workflow"] == "price_change"
-        assert span.attributes["steward.version"] == "1.0.0"
+        assert span.attributes["steward.version"] == "1.1.0"
         assert format(span.context.trace_id, "032x") == run.trace_id
     events = steward.db.transaction(lambda s: store.list_audit(session=s, run_id=run.id))
     assert {e.trace_id for e in events} == {run.trace_id}

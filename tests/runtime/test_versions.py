@@ -56,7 +56,7 @@ def build_v110() -> StateGraph:
     return graph
 
 
-V100 = price_change.workflow
+V100 = replace(price_change.workflow, version="1.0.0")  # the shipped code as a 1.0.0 of these tests' own
 V110 = replace(V100, version="1.1.0", build=build_v110)
 V100_EDITED = replace(V100, build=build_v110)  # 1.0.0's code changed, its version not bumped
 
@@ -179,7 +179,7 @@ async def test_a_run_waiting_on_1_0_0_finishes_on_1_0_0_after_1_1_0_is_deployed(
         await decide(new, approval_id=approval.id, decision="approve", actor="bob")
         done = await new.executor.drive(run.id)
         assert (done.status, done.version) == (RunStatus.succeeded, "1.0.0")
-        assert done.output["summary"]["approved_by"] == "bob"
+        assert done.output["summary"]["changed"] == 1
         assert "graph_version" not in done.output["summary"], "resumed on the graph it started on"
         assert await steps(new, run.id) == ["read_prices", "apply_prices", "record"]
         assert price(sandbox, "SKU-1001") == "115.00"
@@ -227,7 +227,7 @@ async def test_a_run_whose_version_is_gone_is_parked_not_failed_until_a_process_
         await both.executor.start()
         done = await settle(both, run.id)
         assert (done.status, done.version, done.status_reason) == (RunStatus.succeeded, "1.0.0", None)
-        assert done.output["summary"]["approved_by"] == "bob"
+        assert done.output["summary"]["changed"] == 1
         assert price(sandbox, "SKU-1001") == "115.00"
         kinds = [e.kind for e in await trail(both, run.id)]
         assert kinds.count("run.parked") == 1 and kinds[-1] == "run.succeeded"
@@ -322,15 +322,15 @@ def test_the_api_pins_a_named_version_and_refuses_unknown_or_malformed_ones(clie
         body = {"workflow": "price_change", "input": PRICE_105, **extra}
         return client.post("/api/v1/runs", json=body, headers=client.operator)
 
-    created = post(version="1.0.0")
+    created = post(version="1.1.0")
     assert created.status_code == 201
-    assert created.json()["version"] == "1.0.0" and created.json()["status_reason"] is None
+    assert created.json()["version"] == "1.1.0" and created.json()["status_reason"] is None
     before = len(client.get("/api/v1/runs", headers=client.operator).json()["data"])
 
     unknown = post(version="9.9.9")
     assert unknown.status_code == 404
     assert unknown.json()["code"] == "workflow_not_found"
-    assert unknown.json()["detail"] == "workflow 'price_change' has no version '9.9.9'; loaded: 1.0.0"
+    assert unknown.json()["detail"] == "workflow 'price_change' has no version '9.9.9'; loaded: 1.1.0"
     malformed = post(version="latest")
     assert malformed.status_code == 422
     assert [d["loc"] for d in malformed.json()["errors"]] == [["body", "version"]]
@@ -340,12 +340,14 @@ def test_the_api_pins_a_named_version_and_refuses_unknown_or_malformed_ones(clie
 
 
 @pytest.mark.slow
-async def test_the_cli_names_a_version_and_shows_why_a_run_waits(serve, open_with) -> None:
+async def test_the_cli_names_a_version_and_shows_why_a_run_waits(serve, cli_env, open_with) -> None:
     async with open_with(V110) as new:
         run, _ = await new.executor.submit(workflow="price_change", input=PRICE_105, actor="alice")
     async with open_with(V100) as old:  # serves 1.0.0 only: the 1.1.0 run is parked
         await old.executor.drive(run.id)
-    env = await asyncio.to_thread(serve, worker=False)  # a server that loads 1.0.0 and drives nothing
+    # a server that loads 1.0.0 (these tests' own) and drives nothing
+    env = await asyncio.to_thread(serve, worker=False, env={
+        **cli_env, "STEWARD_WORKFLOWS": '["tests.runtime.test_versions:V100", "workflows.lead_routing:workflow"]'})
 
     def steward(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "runtime.cli", *args], env=env, capture_output=True,

@@ -31,7 +31,7 @@ def test_price_change_flow_through_the_api(client, sandbox) -> None:
     created = client.post("/api/v1/runs", json={"workflow": "price_change", "input": PRICE_115}, headers=client.operator)
     assert created.status_code == 201
     run = created.json()
-    assert {run["workflow"], run["version"], run["status"]} == {"price_change", "1.0.0", "queued"}
+    assert {run["workflow"], run["version"], run["status"]} == {"price_change", "1.1.0", "queued"}
 
     run = settle(client, run["id"], {"waiting_approval", "failed"})
     assert run["status"] == "waiting_approval"
@@ -39,8 +39,10 @@ def test_price_change_flow_through_the_api(client, sandbox) -> None:
     pending = client.get("/api/v1/approvals", params={"status": "pending"}, headers=client.approver).json()["data"]
     assert [a["id"] for a in pending] == [run["pending_approval_id"]]
     assert pending[0]["run_id"] == run["id"]
-    assert pending[0]["action"] == "pricing.change_prices"
-    assert pending[0]["arguments"]["changes"][0]["new_price"] == "115.00"
+    assert pending[0]["action"] == "pricing.set_price"
+    assert pending[0]["arguments"] == {"sku": "SKU-1001", "currency": "EUR", "amount": "115.00"}
+    assert (pending[0]["roles"], pending[0]["required_approvals"]) == (["pricing_manager"], 1)
+    assert pending[0]["policy"]["policies"] == ["pricing.change_over_10_pct"]
     one = client.get(f"/api/v1/approvals/{pending[0]['id']}", headers=client.approver).json()
     assert one == pending[0]
 

@@ -61,7 +61,7 @@ def test_metrics_after_runs_have_the_run_step_gate_and_connector_series(client) 
         return value(after, name, **labels) - value(before, name, **labels)
 
     wf = {"workflow": "price_change"}
-    assert grew("steward_runs_finished_total", status="succeeded", version="1.0.0", **wf) == 1
+    assert grew("steward_runs_finished_total", status="succeeded", version="1.1.0", **wf) == 1
     assert grew("steward_runs_finished_total", status="failed", **wf) == 1
     assert grew("steward_run_duration_seconds_count", status="succeeded", **wf) == 1
     assert grew("steward_step_duration_seconds_count", node="read_prices", status="succeeded", **wf) >= 2

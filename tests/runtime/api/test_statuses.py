@@ -44,8 +44,13 @@ def test_every_declared_error_status_of_every_operation_is_reachable(api, monkey
     done = settle(api, api.post("/api/v1/runs", json={"workflow": "price_change", "input": PRICE_105},
                                 headers=OPERATOR).json()["id"], {"succeeded"})
     ids = {"run_id": run["id"], "approval_id": approval, "name": "price_change"}
+    policy_hash = run["policy_hash"]
     bodies = {("post", "/api/v1/runs"): {"workflow": "price_change", "input": PRICE_105},
-              ("post", "/api/v1/approvals/{approval_id}/decision"): {"decision": "approve", "comment": "ok"}}
+              ("post", "/api/v1/approvals/{approval_id}/decision"): {"decision": "approve", "comment": "ok"},
+              ("post", "/api/v1/runs/{run_id}/policy"): {"policy_hash": policy_hash, "reason": "same set"},
+              ("post", "/api/v1/policy/evaluate"): {"workflow": "price_change", "action": "pricing.set_price",
+                                                    "arguments": {"sku": "SKU-1001", "currency": "EUR",
+                                                                  "amount": "101.00"}}}
 
     # how to provoke each declared status, for any operation of the API
     def provoke(method: str, path: str, status: int) -> Any:
@@ -58,11 +63,15 @@ def test_every_declared_error_status_of_every_operation_is_reachable(api, monkey
         if status == 404:
             if path == "/api/v1/runs":  # no such workflow
                 return api.post(url, json={"workflow": "does-not-exist", "input": {}}, headers=OPERATOR)
+            if path == "/api/v1/policy/evaluate":
+                return api.post(url, json={**body, "workflow": "does_not_exist"}, headers=OPERATOR)
             missing = re.sub(r"{(\w+)}", "does-not-exist", path)
             return api.request(method, missing, json=body, headers=OPERATOR)
         if status == 409:
             if path.endswith("/cancel"):
                 return api.post(f"/api/v1/runs/{done['id']}/cancel", headers=OPERATOR)
+            if path.endswith("/policy"):
+                return api.post(f"/api/v1/runs/{done['id']}/policy", json=body, headers=OPERATOR)
             if path.endswith("/decision"):
                 api.post(f"/api/v1/approvals/{approval}/decision", json={"decision": "approve", "comment": "ok"},
                          headers=APPROVER)
