@@ -237,9 +237,14 @@ class Policies:
                 f"{problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
                 details=[{"file": p.file, "line": p.line, "message": p.message} for p in problems])
         self._decided: dict[tuple[Any, ...], PolicyDecision] = {}
-        hard = {pid: p for pid, p in policy_json.items() if not self.statements[pid].escalates}
-        self._all = cedarpy.PolicySet.from_json_str(json.dumps({"staticPolicies": policy_json, "templates": {}, "templateLinks": []}))
-        self._hard = cedarpy.PolicySet.from_json_str(json.dumps({"staticPolicies": hard, "templates": {}, "templateLinks": []}))
+        # One evaluation answers all three outcomes: an escalation forbid is compiled as a permit (a
+        # marker), so an Allow lists every satisfied permit, markers included. Allowed with a marker
+        # and a real permit: escalate; with markers alone: nothing permits it (default deny).
+        for pid, statement in self.statements.items():
+            if statement.escalates:
+                policy_json[pid] = {**policy_json[pid], "effect": "permit"}
+        self._set = cedarpy.PolicySet.from_json_str(
+            json.dumps({"staticPolicies": policy_json, "templates": {}, "templateLinks": []}))
 
     def __repr__(self) -> str:
         return f"<Policies {self.hash[:12]} {len(self.statements)} statements>"
@@ -264,7 +269,7 @@ class Policies:
     def _evaluate(self, request: PolicyRequest, context_digest: str) -> PolicyDecision:
         cedar = request.cedar()
         entities = _principal(request.workflow, request.version)
-        result = cedarpy.is_authorized(cedar, self._all, entities, self.schema)
+        result = cedarpy.is_authorized(cedar, self._set, entities, self.schema)
         decide = functools.partial(self._decision, request.action, context_digest)
         if result.decision is cedarpy.Decision.NoDecision:
             errors = result.diagnostics.errors
@@ -276,24 +281,20 @@ class Policies:
                 f"the policy request for {request.action} does not fit the schema: {'; '.join(errors)}",
                 details={"action": request.action, "errors": errors})
         ids = tuple(sorted(result.diagnostics.reasons))
-        if result.decision is cedarpy.Decision.Allow:
-            return decide("allow", ids)
-        if not ids:
+        if result.decision is cedarpy.Decision.Deny:
+            if not ids:
+                return decide("deny", (), (f"no policy permits {request.action} for {request.workflow} "
+                                           f"{request.version} (default deny)",))
+            return decide("deny", ids)
+        escalations = [self.statements[pid] for pid in ids if self.statements[pid].escalates]
+        if len(escalations) == len(ids):  # only markers matched: no policy permits the action
             return decide("deny", (), (f"no policy permits {request.action} for {request.workflow} "
                                        f"{request.version} (default deny)",))
-        hard = tuple(pid for pid in ids if not self.statements[pid].escalates)
-        if hard:
-            return decide("deny", hard)
-        # Only escalations object: would the action be permitted without them?
-        permitted = cedarpy.is_authorized(cedar, self._hard, entities, self.schema)
-        if permitted.decision is not cedarpy.Decision.Allow:
-            return decide("deny", tuple(permitted.diagnostics.reasons) or (),
-                          None if permitted.diagnostics.reasons else
-                          (f"no policy permits {request.action} for {request.workflow} {request.version} "
-                           "(default deny)",))
-        found = [self.statements[pid] for pid in ids]
-        return decide("escalate", ids, roles=tuple(sorted({s.escalate for s in found if s.escalate})),
-                      approvals=max(s.approvals for s in found))
+        if not escalations:
+            return decide("allow", ids)
+        return decide("escalate", tuple(s.id for s in escalations),
+                      roles=tuple(sorted({s.escalate for s in escalations if s.escalate})),
+                      approvals=max(s.approvals for s in escalations))
 
     def _decision(self, action: str, context_digest: str, outcome: Outcome, ids: tuple[str, ...],
                   reasons: Iterable[str] | None = None, **extra: Any) -> PolicyDecision:
