@@ -20,10 +20,12 @@ _EXPORTS = {
     "ConnectorTransient": "runtime.errors",
     "CrmConnector": "runtime.connectors",
     "Effect": "runtime.connectors",
+    "Facts": "runtime.facts",
     "InputInvalid": "runtime.errors",
     "NonDeterministicReplay": "runtime.errors",
     "Owner": "runtime.sdk",
     "PermissionDenied": "runtime.errors",
+    "PolicyDenied": "runtime.errors",
     "PricingConnector": "runtime.connectors",
     "Registry": "runtime.sdk",
     "RetryPolicy": "runtime.connectors",
@@ -31,6 +33,7 @@ _EXPORTS = {
     "StewardError": "runtime.errors",
     "Workflow": "runtime.sdk",
     "action": "runtime.connectors",
+    "cedar_decimal": "runtime.policy",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
     from runtime.approval import ApprovalDecision
     from runtime.connectors import Connector, CrmConnector, Effect, PricingConnector, RetryPolicy, action
     from runtime.context import StepContext
+    from runtime.facts import Facts
     from runtime.errors import (
         ApprovalRejected,
         ConnectorError,
@@ -57,6 +61,8 @@ if TYPE_CHECKING:
         InputInvalid,
         NonDeterministicReplay,
         PermissionDenied,
+        PolicyDenied,
         StewardError,
     )
+    from runtime.policy import cedar_decimal
     from runtime.sdk import Owner, Registry, Workflow

@@ -99,8 +99,8 @@ def test_shipped_workflows_have_owners_and_grants() -> None:
 def test_exported_members() -> None:
     assert runtime.__all__ == [
         "ApprovalDecision", "ApprovalRejected", "Connector", "ConnectorError", "ConnectorRejected", "ConnectorTransient", "CrmConnector",
-        "Effect", "InputInvalid", "NonDeterministicReplay", "Owner", "PermissionDenied", "PricingConnector", "Registry", "RetryPolicy",
-        "StepContext", "StewardError", "Workflow", "action",
+        "Effect", "Facts", "InputInvalid", "NonDeterministicReplay", "Owner", "PermissionDenied", "PolicyDenied",
+        "PricingConnector", "Registry", "RetryPolicy", "StepContext", "StewardError", "Workflow", "action", "cedar_decimal",
     ]
     for name in runtime.__all__:
         assert getattr(runtime, name) is not None
