@@ -32,9 +32,10 @@ def submit(base: str, payload: dict[str, Any] = PRICE_115) -> dict[str, Any]:
     return answer.json()
 
 
-def follow(base: str, run_id: str, *, until: set[str], wait: float = 20) -> dict[str, Any]:
-    """Long-poll with ``seen`` until the run's status is in ``until`` (a bounded number of requests)."""
-    seen, polls = None, []
+def follow(base: str, run_id: str, *, until: set[str], wait: float = 20, seen: str | None = None) -> dict[str, Any]:
+    """Long-poll with ``seen`` until the run's status is in ``until`` (a bounded number of requests);
+    ``seen``: the status the caller knows (default: whatever the run's status is when asked)."""
+    polls: list[tuple[str | None, str, float]] = []
     for _ in range(20):
         params = {"wait": wait, **({"seen": seen} if seen else {})}
         answer = httpx.get(f"{base}/api/v1/runs/{run_id}", params=params, headers=OPERATOR, timeout=wait + 10)
@@ -57,7 +58,8 @@ def test_a_long_poll_answers_on_the_change_not_on_its_timeout(live_server) -> No
     base = live_server.url
     run = submit(base)
     started = time.monotonic()
-    waited = follow(base, run["id"], until={"waiting_approval", "failed"}, wait=30)
+    # the caller knows the run as queued (it may have moved on before the first request arrives)
+    waited = follow(base, run["id"], until={"waiting_approval", "failed"}, wait=30, seen="queued")
     assert waited["status"] == "waiting_approval" and waited["pending_approval_id"]
     assert time.monotonic() - started < 30, f"answered by the timeout, not by the change: {waited['polls']}"
 
