@@ -24,6 +24,9 @@ from runtime.telemetry import current_trace_id, run_root, tracer
 async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, comment: str = "") -> ApprovalRequest:
     """Record a person's decision; when the run has no undecided request left, it is queued to resume.
 
+    A request that needs several people (a policy's ``@approvals``) counts each approver once (the same
+    person again is a :class:`Conflict`) and is approved at the last one needed; a rejection decides it.
+
     One transaction, locks in the engine's order: the run's row, then the approval, then the audit chain."""
     if decision not in ("approve", "reject"):
         raise InputInvalid(f"decision must be 'approve' or 'reject', not {decision!r}",
