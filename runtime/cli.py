@@ -289,13 +289,9 @@ def settings(**overrides: Any) -> Settings:
 
 def refuse_bad_policies(config: Settings) -> None:
     """Stop before serving when a policy file is malformed, naming file and line (exit 2)."""
-    from runtime.errors import PolicyLoadError
-    from runtime.policy import load_policies
+    from runtime.policy_cli import load_or_exit
 
-    try:
-        load_policies(config.policies)
-    except PolicyLoadError as exc:
-        fail(f"policies: {exc.message}")
+    load_or_exit(config.policies)
 
 
 @app.command()

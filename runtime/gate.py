@@ -297,9 +297,12 @@ class Gate:
         """Stage 2: the policies decide on the call's resource and context. A denial is written at once
         (and gives back any counter slot the context took); any other decision goes with the call's record."""
         journal = self.journal
-        facts = Facts.of_call(journal=journal, connector=connector, action=spec.name, idempotency_key=key,
-                              compensating=self.compensating, clock=self.clock)
-        context = await spec.context(facts, arguments) if spec.context is not None else {}
+        facts = None
+        context: dict[str, Any] = {}
+        if spec.context is not None:  # most actions declare none: no facts to gather on the hot path
+            facts = Facts.of_call(journal=journal, connector=connector, action=spec.name, idempotency_key=key,
+                                  compensating=self.compensating, clock=self.clock)
+            context = await spec.context(facts, arguments)
         verdict = self.policies.evaluate(PolicyRequest(
             workflow=self.run.workflow, version=self.run.version, action=spec.name,
             resource=spec.policy_resource(arguments), context=context))
@@ -313,7 +316,8 @@ class Gate:
         fail_span(span, PolicyDenied.code, verdict.reason)
         metrics.gate_decision(self.run, action=spec.name, decision="policy_deny")
         raw = journal.db.raw
-        await journal.commit([event], ops=[lambda cursor, k=k: release_slot(cursor, raw, k) for k in facts.taken])
+        taken = facts.taken if facts is not None else []
+        await journal.commit([event], ops=[lambda cursor, k=k: release_slot(cursor, raw, k) for k in taken])
         named = ", ".join(verdict.policies) or "no policy permits it"
         raise PolicyDenied(f"{spec.name} is denied by policy ({named}): {verdict.reason}",
                            details=verdict.explain())

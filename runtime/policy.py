@@ -282,14 +282,10 @@ class Policies:
                 details={"action": request.action, "errors": errors})
         ids = tuple(sorted(result.diagnostics.reasons))
         if result.decision is cedarpy.Decision.Deny:
-            if not ids:
-                return decide("deny", (), (f"no policy permits {request.action} for {request.workflow} "
-                                           f"{request.version} (default deny)",))
-            return decide("deny", ids)
+            return decide("deny", ids) if ids else decide("deny", (), _default_deny(request))
         escalations = [self.statements[pid] for pid in ids if self.statements[pid].escalates]
         if len(escalations) == len(ids):  # only markers matched: no policy permits the action
-            return decide("deny", (), (f"no policy permits {request.action} for {request.workflow} "
-                                       f"{request.version} (default deny)",))
+            return decide("deny", (), _default_deny(request))
         if not escalations:
             return decide("allow", ids)
         return decide("escalate", tuple(s.id for s in escalations),
@@ -302,6 +298,10 @@ class Policies:
             reasons = [self.statements[pid].reason for pid in ids]
         return PolicyDecision(outcome=outcome, action=action, policies=ids, reasons=tuple(reasons),
                               policy_hash=self.hash, context_digest=context_digest, **extra)
+
+
+def _default_deny(request: PolicyRequest) -> tuple[str]:
+    return (f"no policy permits {request.action} for {request.workflow} {request.version} (default deny)",)
 
 
 @functools.lru_cache(maxsize=1024)

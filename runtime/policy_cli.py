@@ -23,7 +23,9 @@ FoldersOption = Annotated[list[Path] | None, typer.Option(
     "--policies", help="A policy folder (repeat for several); default STEWARD_POLICIES or the shipped policies/")]
 
 
-def _load(folders: list[Path] | None) -> Any:
+def load_or_exit(folders: list[Path] | None) -> Any:
+    """The policy set of ``folders`` (default: the settings'); a malformed file exits 2, each problem
+    on a line of its own naming file and line."""
     from runtime.cli import fail, settings
     from runtime.errors import PolicyLoadError
     from runtime.policy import load_policies
@@ -40,7 +42,7 @@ def _load(folders: list[Path] | None) -> Any:
 @policy_app.command("check")
 def check(folders: FoldersOption = None) -> None:
     """Parse every policy and schema file and validate the policies against the schema."""
-    policies = _load(folders)
+    policies = load_or_exit(folders)
     typer.echo(f"ok: {len(policies.statements)} policies in {len(policies.documents.policies)} files, "
                f"policy set {policies.hash[:12]}")
 
@@ -57,7 +59,7 @@ def test(
     from runtime.errors import PolicyLoadError
     from runtime.policy_cases import run_cases
 
-    policies = _load(folders)
+    policies = load_or_exit(folders)
     places = cases or [folder / "tests" for folder in (folders or settings().policies) if (folder / "tests").is_dir()]
     if not places:
         fail("no policy test cases: give --cases FOLDER or add a tests/ folder of *.yaml beside the policies")
