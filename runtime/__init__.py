@@ -27,13 +27,20 @@ _EXPORTS = {
     "PermissionDenied": "runtime.errors",
     "PolicyDenied": "runtime.errors",
     "PricingConnector": "runtime.connectors",
+    "RecordChecks": "runtime.quality",
     "Registry": "runtime.sdk",
     "RetryPolicy": "runtime.connectors",
+    "Screening": "runtime.quality",
     "StepContext": "runtime.context",
     "StewardError": "runtime.errors",
     "Workflow": "runtime.sdk",
     "action": "runtime.connectors",
     "cedar_decimal": "runtime.policy",
+    "matches": "runtime.quality",
+    "one_of": "runtime.quality",
+    "required": "runtime.quality",
+    "rule": "runtime.quality",
+    "unique": "runtime.quality",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -65,4 +72,5 @@ if TYPE_CHECKING:
         StewardError,
     )
     from runtime.policy import cedar_decimal
+    from runtime.quality import RecordChecks, Screening, matches, one_of, required, rule, unique
     from runtime.sdk import Owner, Registry, Workflow

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from runtime import metrics, store
-from runtime.api import audit_routes, policy, problems, runs, workflows
+from runtime.api import audit_routes, policy, problems, quarantine, runs, workflows
 from runtime.api.deps import TokenCache, UserDep, reject_unknown_query
 from runtime.api.schemas import Me, Readiness
 from runtime.connectors import Connector
@@ -159,6 +159,7 @@ def create_app(
     api.include_router(audit_routes.router)
     api.include_router(workflows.router)
     api.include_router(policy.router)
+    api.include_router(quarantine.router)
     for router in extra:
         api.include_router(router)
     app.include_router(api)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from runtime.approval import ApprovalDecision
     from runtime.connectors import Connector, CrmConnector, PricingConnector
     from runtime.gate import Gate
+    from runtime.quality import Screening
 
 
 class StepContext:
@@ -72,6 +73,16 @@ class StepContext:
         >>> scored = await runtime.context.record("score_lead", model.ainvoke, prompt)
         """
         return await self._gate.record(name, fn, *args, **kwargs)
+
+    async def screen(self, kind: str, records: list[dict[str, Any]]) -> Screening:
+        """Judge ``records`` by the workflow's data-quality checks for ``kind``: those that pass come back
+        in ``.passed``; each one that fails is quarantined with its reasons (``.quarantined``) for a person
+        to release or drop, instead of failing the batch. Recorded like :meth:`record`.
+
+        >>> screening = await runtime.context.screen("contact", contacts)
+        >>> for contact in screening.passed: ...
+        """
+        return await self._gate.screen(kind, records)
 
     async def request_approval(self, *, action: str, arguments: dict[str, Any], reason: str) -> ApprovalDecision:
         """Pause the run until a person approves exactly ``arguments``; returns the decision (who, why,

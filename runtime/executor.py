@@ -174,52 +174,69 @@ class Executor:
     ) -> tuple[Run, bool]:
         """Validate and queue a run pinned to ``version`` (default: the highest loaded version of ``workflow``).
         Returns ``(run, created)``; a repeated idempotency key returns the first run."""
-        wf = self.registry.get(workflow, version)
-        data = wf.validate_input(input)
         if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
             raise InputInvalid("an idempotency key has 1 to 200 characters", details=[
                 {"loc": ["idempotency_key"], "msg": "1 to 200 characters", "type": "string_length"}])
+        with tracer().start_as_current_span("steward.submit"):  # the run's root, exported at once
+            created: list[bool] = []
+
+            def create(session: Session) -> Run:
+                created.clear()
+                return self.create_run(session, workflow=workflow, input=input, actor=actor,
+                                       idempotency_key=idempotency_key, version=version, created=created)
+
+            run = await self.db.run(create)
+        self._wake.set()
+        return run, created == [True]
+
+    def create_run(self, session: Session, *, workflow: str, input: Any, actor: str,
+                   idempotency_key: str | None = None, version: str | None = None,
+                   created: list[bool] | None = None) -> Run:
+        """Inside the caller's transaction: validate ``input`` and queue a run (see :meth:`submit`; call
+        :meth:`wake` after commit). Its trace is the current span's. ``created`` gets True appended when
+        the run is new, False when a repeated idempotency key found the first one."""
+        wf = self.registry.get(workflow, version)
+        data = wf.validate_input(input)
         # Scoped to the actor, unambiguously: actor "a:b" with key "c" is not actor "a" with key "b:c".
         scoped_key = f"{len(actor)}:{actor}:{idempotency_key}" if idempotency_key else None
-        with tracer().start_as_current_span("steward.submit") as span:  # the run's root, exported at once
-            context = span.get_span_context()
-            run = Run(workflow=wf.name, version=wf.version, input=data, created_by=actor,
-                      idempotency_key=scoped_key, policy_hash=self.policies.current.hash, trace_id=format(context.trace_id, "032x"),
-                      root_span_id=format(context.span_id, "016x"))
-            span.set_attributes({"steward.run_id": run.id, "steward.workflow": wf.name, "steward.version": wf.version})
+        span = trace.get_current_span()
+        context = span.get_span_context()
+        run = Run(workflow=wf.name, version=wf.version, input=data, created_by=actor, idempotency_key=scoped_key,
+                  policy_hash=self.policies.current.hash, trace_id=format(context.trace_id, "032x"),
+                  root_span_id=format(context.span_id, "016x"))
+        span.set_attributes({"steward.run_id": run.id, "steward.workflow": wf.name, "steward.version": wf.version})
 
-            def create(session: Session) -> tuple[Run, bool]:
-                if scoped_key:
-                    existing = store.find_run_by_idempotency_key(session=session, key=scoped_key)
-                    if existing is not None:
-                        return same_request(existing), False
-                    try:
-                        with session.begin_nested():  # a concurrent submit with the key may win the insert
-                            store.insert_run(session=session, run=run)
-                    except IntegrityError:
-                        existing = store.find_run_by_idempotency_key(session=session, key=scoped_key)
-                        if existing is None:
-                            raise
-                        return same_request(existing), False
-                else:
+        def same_request(existing: Run) -> Run:
+            if existing.workflow != wf.name or existing.input != data or (
+                    version is not None and existing.version != version):
+                raise Conflict(
+                    f"Idempotency-Key {idempotency_key!r} was used for a different request "
+                    f"(run {existing.id}); use a new key for a new run"
+                )
+            if created is not None:
+                created.append(False)
+            return existing
+
+        if scoped_key:
+            existing = store.find_run_by_idempotency_key(session=session, key=scoped_key)
+            if existing is not None:
+                return same_request(existing)
+            try:
+                with session.begin_nested():  # a concurrent submit with the key may win the insert
                     store.insert_run(session=session, run=run)
-                audit.append(session, kind="run.created", actor=actor, run=run,
-                             data={"input_digest": audit.digest(data), "owner": wf.owner.email})
-                store.notify_queued(session=session)
-                return run, True
-
-            def same_request(existing: Run) -> Run:
-                if existing.workflow != wf.name or existing.input != data or (
-                        version is not None and existing.version != version):
-                    raise Conflict(
-                        f"Idempotency-Key {idempotency_key!r} was used for a different request "
-                        f"(run {existing.id}); use a new key for a new run"
-                    )
-                return existing
-
-            result = await self.db.run(create)
-        self._wake.set()
-        return result
+            except IntegrityError:
+                existing = store.find_run_by_idempotency_key(session=session, key=scoped_key)
+                if existing is None:
+                    raise
+                return same_request(existing)
+        else:
+            store.insert_run(session=session, run=run)
+        audit.append(session, kind="run.created", actor=actor, run=run,
+                     data={"input_digest": audit.digest(data), "owner": wf.owner.email})
+        store.notify_queued(session=session)
+        if created is not None:
+            created.append(True)
+        return run
 
     def queue_resume(self, session: Session, *, run: Run, actor: str, reason: str) -> None:
         """The port's "resume this run": inside a command's transaction that has locked ``run``
@@ -381,7 +398,7 @@ class Executor:
                     return spans[task_id]
 
                 gate = Gate(journal=journal, grants=wf.grants, step_span=step_span,
-                            policies=await self.policies.get(run.policy_hash), clock=self.clock)
+                            policies=await self.policies.get(run.policy_hash), clock=self.clock, checks=wf.checks)
                 context = StepContext(run_id=run.id, workflow=run.workflow, version=run.version, gate=gate,
                                       connectors=self.connectors, clock=self.clock)
                 values, interrupted = None, False

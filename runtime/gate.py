@@ -36,7 +36,7 @@ import asyncio
 import hashlib
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -56,6 +56,8 @@ from runtime.facts import Facts
 from runtime.journal import Journal, Recorded
 from runtime.models import utcnow
 from runtime.policy import Policies, PolicyDecision, PolicyRequest
+from runtime.quality import RecordChecks, Screening
+from runtime.quarantine import QuarantineStatus, quarantine_rows
 from runtime.store import release_slot
 from runtime.telemetry import fail_span, tracer
 
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
 
 APPROVAL = "steward.approval"
 RECORD = "record"
+SCREEN = "screen"
 T = TypeVar("T")
 
 
@@ -106,10 +109,11 @@ class Gate:
 
     def __init__(self, *, journal: Journal, grants: frozenset[str], policies: Policies,
                  step_span: Callable[[str, str], Any], clock: Callable[[], datetime] = utcnow,
-                 compensating: bool = False) -> None:
+                 compensating: bool = False, checks: Mapping[str, RecordChecks] | None = None) -> None:
         self.journal = journal
         self.run = journal.run
         self.grants = grants
+        self.checks = dict(checks or {})
         self.policies = policies
         self.clock = clock
         self.compensating = compensating  # only the engine's compensation of the run's own effects sets it
@@ -237,6 +241,60 @@ class Gate:
             return value
 
         return await finish_then_cancel(run_and_record())
+
+    async def screen(self, kind: str, records: list[dict[str, Any]]) -> Screening:
+        """Judge ``records`` by the workflow's checks for ``kind`` and quarantine those that fail (see
+        :meth:`StepContext.screen`). A batch with failures is recorded with its quarantine items in one
+        transaction: the step run again gets the same answer and files nothing twice. A batch that
+        passes whole writes nothing of its own (its audit event goes with the run's next write)."""
+        site = self._site()
+        checks = self.checks.get(kind)
+        if checks is None:
+            declared = ", ".join(sorted(self.checks)) or "none"
+            raise StewardError(f"workflow {self.run.workflow!r} declares no data-quality checks for {kind!r} "
+                               f"records (declared: {declared}); add RecordChecks({kind!r}, ...) to its checks")
+        batch = to_jsonable_python(list(records), fallback=str)
+        if not all(isinstance(record, dict) for record in batch):
+            raise StewardError(f"screen({kind!r}, records): every record must be a JSON object (a dict)")
+        self.journal.check_stop()
+        position = self._position(site)
+        key = idempotency_key(self.run.id, site.task_ns, position)
+        action = f"{SCREEN}:{kind}"
+        request_digest = audit.digest(batch)
+        recorded = self._replay(site, position, key, action, request_digest)
+        base = {"kind": kind, "node": site.node, "position": position, "records": len(batch)}
+        journal = self.journal
+        self._enter_step(site)
+        if recorded is not None:
+            return _screening(batch, recorded.response)
+        failures = checks.failures(batch)
+        failing = [(index, batch[index], reasons) for index, reasons in enumerate(failures) if reasons]
+        if not failing:
+            journal.defer(journal.event("records.screened", {**base, "passed": len(batch), "quarantined": []},
+                                        trusted=True))
+            return Screening(passed=batch)
+        event = journal.event("records.screened", dict(base), trusted=True)
+        outcome: dict[str, Any] = {}
+        raw = journal.db.raw
+
+        def file_and_record(cursor: Any) -> None:
+            items = quarantine_rows(cursor, raw, run=self.run, node=site.node_path, kind=kind, failing=failing)
+            response = {"items": [{"index": item["index"], "id": item["id"], "status": item["status"],
+                                   "reasons": reasons} for item, (_, _, reasons) in zip(items, failing, strict=True)]}
+            for item, (_, _, reasons) in zip(items, failing, strict=True):
+                item["checks"] = sorted({reason["check"] for reason in reasons})  # the audit names no values
+            passed = len(batch) - sum(1 for item in items if item["status"] != QuarantineStatus.released.value)
+            event["data"] = {**base, "passed": passed, "items": items}
+            response_json = audit.canonical_json(response)
+            journal.record_call({
+                "idempotency_key": key, "run_id": self.run.id, "node": site.node_path, "superstep": site.superstep,
+                "position": position, "action": action, "effect": SCREEN, "request_digest": request_digest,
+                "response": response, "attempts": 1}, response_json)(cursor)
+            outcome["response"] = response
+
+        await journal.commit([event], ops=[file_and_record])
+        journal.recorded[key] = Recorded(action, request_digest, outcome["response"])
+        return _screening(batch, outcome["response"])
 
     async def call(self, spec: ActionSpec, arguments: dict[str, Any], invoke: Callable[[], Awaitable[Any]], *,
                    connector: Connector | None = None) -> Any:
@@ -394,3 +452,12 @@ class Gate:
             remember={key: Recorded(spec.name, request_digest, response)},
         )
         return response
+
+
+def _screening(batch: list[dict[str, Any]], response: dict[str, Any]) -> Screening:
+    """A screening's answer from its record: the failing records' items, the rest passed."""
+    held = {item["index"]: item for item in response["items"] if item["status"] != QuarantineStatus.released.value}
+    released = [{"index": i["index"], "id": i["id"], "reasons": i["reasons"]} for i in response["items"]
+                if i["status"] == QuarantineStatus.released.value]
+    return Screening(passed=[record for index, record in enumerate(batch) if index not in held],
+                     quarantined=[held[index] for index in sorted(held)], released=released)

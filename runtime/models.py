@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator
+from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from runtime.states import FINISHED, RunStatus, StepStatus  # noqa: F401 - the states, importable from here too
@@ -215,3 +215,36 @@ class ApiToken(SQLModel, table=True):
     token_hash: str = Field(unique=True, max_length=64)
     created_at: datetime = _ts()
     revoked_at: datetime | None = _ts_opt()
+
+
+class QuarantineItem(SQLModel, table=True):
+    """A record that failed a workflow's data-quality checks, kept with its reasons until a person
+    releases or drops it (see ``runtime.quarantine``). One item per workflow, kind and record content:
+    the same bad record seen again counts up ``seen_count`` instead of piling up."""
+
+    __tablename__ = "quarantine_items"
+    __table_args__ = (
+        UniqueConstraint("workflow", "kind", "record_digest", name="uq_quarantine_items_record"),
+        Index("ix_quarantine_items_created_at", "created_at", "id"),
+        Index("ix_quarantine_items_status_created_at", "status", "created_at", "id"),
+        Index("ix_quarantine_items_workflow_created_at", "workflow", "created_at", "id"),
+    )
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    workflow: str = Field(max_length=100)
+    version: str = Field(max_length=50, description="The version whose run first quarantined the record")
+    kind: str = Field(max_length=64)
+    run_id: str = Field(max_length=32, description="The run that first quarantined the record")
+    last_run_id: str = Field(max_length=32, description="The run that saw it last")
+    node: str = Field(max_length=200)
+    record: Any = _json()
+    record_digest: str = Field(max_length=64)
+    reasons: list[dict[str, Any]] = _json(list)
+    status: str = Field(default="quarantined", max_length=20)
+    seen_count: int = 1
+    decided_by: str | None = Field(default=None, max_length=200)
+    decided_at: datetime | None = _ts_opt()
+    comment: str | None = Field(default=None, max_length=2000)
+    resubmitted_run_id: str | None = Field(default=None, max_length=32)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()

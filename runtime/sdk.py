@@ -32,7 +32,7 @@ import importlib
 import inspect
 import marshal
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -41,6 +41,7 @@ from langgraph.graph import StateGraph
 from pydantic import BaseModel, EmailStr, TypeAdapter, ValidationError
 
 from runtime.errors import InputInvalid, WorkflowDefinitionError, WorkflowNotFound
+from runtime.quality import RecordChecks, checks_by_kind
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
 SEMVER = re.compile(
@@ -69,8 +70,12 @@ class Workflow:
     input_model: type[BaseModel]
     build: Callable[[], StateGraph]
     grants: frozenset[str] = field(default_factory=frozenset)
+    checks: Mapping[str, RecordChecks] = field(default_factory=dict, hash=False)
+    """Data-quality checks by record kind (give a list of :class:`RecordChecks`), see ``runtime.quality``."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "checks", checks_by_kind(
+            self.checks.values() if isinstance(self.checks, Mapping) else self.checks))
         problems = []
         if not isinstance(self.name, str) or not NAME.match(self.name):
             problems.append(f"name {self.name!r} must be lower_snake_case, 2-64 characters")

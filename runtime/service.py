@@ -31,6 +31,7 @@ from runtime.sdk import Registry, load_object, load_registry
 from runtime.settings import Settings
 from runtime.telemetry import setup_tracing
 from runtime.policy import PolicyBook, load_policies
+from runtime.quarantine import Quarantine
 from runtime.versions import register_policies, register_versions
 
 
@@ -46,6 +47,7 @@ class Steward:
     registry: Registry
     executor: Executor
     changes: RunChanges
+    quarantine: Quarantine
 
     @property
     def policies(self) -> PolicyBook:
@@ -138,7 +140,8 @@ async def open_steward(
                 poll_seconds=settings.executor_poll_seconds,
             )
             try:
-                yield Steward(settings=settings, db=db, registry=registry, executor=executor, changes=changes)
+                yield Steward(settings=settings, db=db, registry=registry, executor=executor, changes=changes,
+                              quarantine=Quarantine(db=db, registry=registry, executor=executor))
             finally:
                 await executor.stop()
                 await changes.stop()

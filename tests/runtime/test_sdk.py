@@ -100,7 +100,8 @@ def test_exported_members() -> None:
     assert runtime.__all__ == [
         "ApprovalDecision", "ApprovalRejected", "Connector", "ConnectorError", "ConnectorRejected", "ConnectorTransient", "CrmConnector",
         "Effect", "Facts", "InputInvalid", "NonDeterministicReplay", "Owner", "PermissionDenied", "PolicyDenied",
-        "PricingConnector", "Registry", "RetryPolicy", "StepContext", "StewardError", "Workflow", "action", "cedar_decimal",
+        "PricingConnector", "RecordChecks", "Registry", "RetryPolicy", "Screening", "StepContext", "StewardError",
+        "Workflow", "action", "cedar_decimal", "matches", "one_of", "required", "rule", "unique",
     ]
     for name in runtime.__all__:
         assert getattr(runtime, name) is not None
