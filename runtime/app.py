@@ -78,6 +78,7 @@ def create_app(
     *,
     registry: Registry | None = None,
     connectors: Mapping[str, Connector] | None = None,
+    models: Mapping[str, Any] | None = None,
     routers: Sequence[APIRouter] | None = None,
     start_executor: bool = True,
 ) -> FastAPI:
@@ -87,7 +88,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        async with open_steward(settings, registry=registry, connectors=connectors) as steward:
+        async with open_steward(settings, registry=registry, connectors=connectors, models=models) as steward:
             app.state.steward = steward
             if settings.demo:
                 await seed_demo_tokens(steward)

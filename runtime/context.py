@@ -8,17 +8,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel
 
 from runtime.models import utcnow
+from runtime.structured import Structured, structured
 
 if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.messages import BaseMessage
+
     from runtime.approval import ApprovalDecision
     from runtime.connectors import Connector, CrmConnector, PricingConnector
     from runtime.gate import Gate
     from runtime.quality import Screening
+
+T = TypeVar("T", bound=BaseModel)
 
 
 class StepContext:
@@ -33,6 +41,7 @@ class StepContext:
         gate: Gate,
         connectors: Mapping[str, Connector],
         clock: Callable[[], datetime] = utcnow,
+        models: Mapping[str, Any] | None = None,
     ) -> None:
         self.run_id = run_id
         self.workflow = workflow
@@ -40,6 +49,7 @@ class StepContext:
         self._gate = gate
         self._connectors = {name: connector.bind(gate) for name, connector in connectors.items()}
         self._clock = clock
+        self._models = dict(models or {})
 
     def connector(self, name: str) -> Connector:
         try:
@@ -63,6 +73,30 @@ class StepContext:
 
     def now(self) -> datetime:
         return self._clock()
+
+    def model(self, name: str) -> BaseChatModel:
+        """The chat model configured as ``name``: the process's (``STEWARD_MODELS``) or else the workflow's
+        default (its ``models``)."""
+        try:
+            return self._models[name]
+        except KeyError:
+            known = ", ".join(sorted(self._models)) or "none"
+            raise AttributeError(f"no model named {name!r} in this run; configured: {known}") from None
+
+    async def structured(self, name: str, model: BaseChatModel, messages: Sequence[BaseMessage],
+                         schema: type[T], *, attempts: int = 3, min_confidence: float | None = None,
+                         confidence: str | Callable[[T], float] | None = "confidence") -> Structured[T]:
+        """Ask ``model`` for one JSON object matching ``schema``; each call is recorded (a step that runs
+        again never asks again), an invalid answer is sent back with what was wrong up to ``attempts``
+        times in all, and an answer that stays invalid or whose ``confidence`` (a field of ``schema``, or a
+        function of the value) is below ``min_confidence`` goes to a person with the raw answers
+        (see :mod:`runtime.structured`).
+
+        >>> scored = await runtime.context.structured("lead_score", runtime.context.model("lead_scoring"),
+        ...                                           [HumanMessage(prompt)], LeadScore, min_confidence=0.6)
+        """
+        return await structured(self._gate, name, model, messages, schema, attempts=attempts,
+                                min_confidence=min_confidence, confidence=confidence)
 
     async def record(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call ``fn(*args, **kwargs)`` (sync or async) once and record its result; when the step runs

@@ -61,7 +61,7 @@ from runtime.models import (
     StepStatus,
     utcnow,
 )
-from runtime.sdk import Registry, Workflow
+from runtime.sdk import Registry, Workflow, resolve_model
 from runtime.telemetry import fail_span, run_parent, tracer
 
 log = logging.getLogger("steward.executor")
@@ -143,6 +143,7 @@ class Executor:
         approvals: ApprovalPort,
         policies: PolicyBook,
         clock: Callable[[], datetime] = utcnow,
+        models: Mapping[str, Any] | None = None,
         lease_seconds: float = 30.0,
         concurrency: int = 8,
         poll_seconds: float = 1.0,
@@ -154,6 +155,8 @@ class Executor:
         self.approvals = approvals
         self.policies = policies
         self.clock = clock  # what steps and policies see as now (tests fix it)
+        self.models = {name: resolve_model(name, model) for name, model in (models or {}).items()}
+        self._workflow_models: dict[tuple[str, str], dict[str, Any]] = {}
         self.lease_seconds = lease_seconds
         self.concurrency = concurrency
         self.poll_seconds = poll_seconds
@@ -358,6 +361,15 @@ class Executor:
             self._compiled[key] = wf.graph.compile(checkpointer=self.checkpointer)
         return self._compiled[key]
 
+    def _models_of(self, wf: Workflow) -> dict[str, Any]:
+        """The chat models a run of ``wf`` sees: the workflow's defaults (made once), the process's over them."""
+        key = (wf.name, wf.version)
+        if key not in self._workflow_models:
+            defaults = {name: resolve_model(name, model) for name, model in wf.models.items()
+                        if name not in self.models}
+            self._workflow_models[key] = {**defaults, **self.models}
+        return self._workflow_models[key]
+
     async def _execute(self, run: Run, execution: Execution) -> Run:
         journal = execution.journal
         try:
@@ -400,7 +412,7 @@ class Executor:
                 gate = Gate(journal=journal, grants=wf.grants, step_span=step_span,
                             policies=await self.policies.get(run.policy_hash), clock=self.clock, checks=wf.checks)
                 context = StepContext(run_id=run.id, workflow=run.workflow, version=run.version, gate=gate,
-                                      connectors=self.connectors, clock=self.clock)
+                                      connectors=self.connectors, clock=self.clock, models=self._models_of(wf))
                 values, interrupted = None, False
                 begun: dict[str, float] = {}  # task id -> when it started (for its duration)
                 async for mode, chunk in graph.astream(graph_input, config, context=context,

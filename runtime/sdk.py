@@ -72,6 +72,9 @@ class Workflow:
     grants: frozenset[str] = field(default_factory=frozenset)
     checks: Mapping[str, RecordChecks] = field(default_factory=dict, hash=False)
     """Data-quality checks by record kind (give a list of :class:`RecordChecks`), see ``runtime.quality``."""
+    models: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    """Default chat models by name (a ``BaseChatModel`` or a function returning one); a process may
+    configure another under the same name (``STEWARD_MODELS``), see :meth:`StepContext.model`."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checks", checks_by_kind(
@@ -96,6 +99,12 @@ class Workflow:
             problems.append("build must be a function returning a langgraph StateGraph")
         grants = frozenset(self.grants)
         problems += [f"grant {g!r} is not a scope like crm.deals.write" for g in sorted(grants) if not SCOPE.match(g)]
+        if not isinstance(self.models, Mapping):
+            problems.append("models must be a mapping of name to a chat model or a function returning one")
+        else:
+            problems += [f"model {name!r}: give a lower_snake_case name and a chat model or a function returning one"
+                         for name, model in self.models.items()
+                         if not (isinstance(name, str) and NAME.match(name) and callable_or_model(model))]
         if problems:
             raise WorkflowDefinitionError(f"workflow {self.name!r} is invalid: " + "; ".join(problems))
         object.__setattr__(self, "grants", grants)
@@ -131,6 +140,31 @@ class Workflow:
             names = ", ".join(".".join(str(p) for p in f["loc"][1:]) or "input" for f in fields)
             raise InputInvalid(f"input for workflow {self.name!r} is invalid: {names}", details=fields) from None
         return model.model_dump(mode="json")
+
+
+def callable_or_model(model: Any) -> bool:
+    from langchain_core.language_models import BaseChatModel
+
+    return isinstance(model, BaseChatModel) or callable(model)
+
+
+def resolve_model(name: str, model: Any) -> Any:
+    """A configured model as a ``BaseChatModel``: an instance as is, a function (or class) called once."""
+    from langchain_core.language_models import BaseChatModel
+
+    named = model
+    if isinstance(model, str):
+        model = load_object(model)
+    if not isinstance(model, BaseChatModel) and callable(model):
+        try:
+            model = model()
+        except Exception as exc:
+            raise WorkflowDefinitionError(f"model {name!r} ({named!r}) could not be made: "
+                                          f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, BaseChatModel):
+        raise WorkflowDefinitionError(f"model {name!r} is a {type(model).__name__}, not a langchain-core "
+                                      "BaseChatModel (or a function returning one)")
+    return model
 
 
 def semver_key(version: str) -> tuple:

@@ -110,6 +110,7 @@ async def open_steward(
     registry: Registry | None = None,
     connectors: Mapping[str, Connector] | None = None,
     approvals: ApprovalPort | None = None,
+    models: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Steward]:
     """Open everything a Steward process needs; a SQLite database is migrated on the way, and every
     loaded workflow version is registered with its code hash (see :mod:`runtime.versions`)."""
@@ -136,6 +137,7 @@ async def open_steward(
                 db=db, registry=registry, connectors=connectors, checkpointer=saver,
                 approvals=approvals if approvals is not None else load_object(settings.approvals),
                 policies=PolicyBook(policies, load=functools.partial(_policy_documents, db)),
+                models={**settings.models, **(models or {})},
                 lease_seconds=settings.lease_seconds, concurrency=settings.executor_concurrency,
                 poll_seconds=settings.executor_poll_seconds,
             )

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         "Folders of Cedar policies (*.cedar) and schemas (*.cedarschema), loaded together; start-up "
         "stops on any malformed file (default: the policies/ folder shipped with Steward)"))
 
+    models: dict[str, str] = Field(default_factory=dict, description=(
+        "Chat models by the name workflows ask for (runtime.context.model(name)): module:attr naming a "
+        "langchain-core BaseChatModel or a function returning one, e.g. "
+        "'{\"lead_scoring\": \"mycompany.models:scoring_model\"}'; a name not given here takes the "
+        "workflow's own default (the shipped workflows' defaults run offline)"))
+
     approvals: str = Field(
         "approvals.store:PORT",
         description="module:attr naming the approval port (runtime.approval.ApprovalPort) the engine asks",

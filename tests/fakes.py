@@ -1,9 +1,12 @@
-"""Shared fakes: instant retries, a recording sleep, a test connector, small workflows."""
+"""Shared fakes: instant retries, a recording sleep, a test connector, small workflows, a scripted chat model."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
 from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel
 
@@ -70,3 +73,23 @@ def settle(client: Any, run_id: str, until: set[str], *, headers: dict[str, str]
             return run
         seen = run["status"]
     raise AssertionError(f"run {run_id} never reached {until}")
+
+
+class ScriptedChatModel(BaseChatModel):
+    """A fake chat model answering from a script (the last answer repeats), remembering every prompt."""
+
+    answers: list[str]
+    prompts: list[list[Any]] = []
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    def _generate(self, messages: list[Any], stop: Any = None, run_manager: Any = None, **kwargs: Any) -> ChatResult:
+        self.prompts.append(list(messages))
+        answer = self.answers[min(len(self.prompts), len(self.answers)) - 1]
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(answer))])
+
+    @property
+    def calls(self) -> int:
+        return len(self.prompts)

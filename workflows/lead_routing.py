@@ -1,5 +1,11 @@
-"""Lead routing: validate an inbound lead, dedupe it against CRM contacts, score it,
+"""Lead routing: screen an inbound lead, dedupe it against CRM contacts, score it,
 assign a sales owner by territory, create a deal and leave a note explaining why.
+
+A lead that fails the data-quality checks (a disposable address, a placeholder name)
+is quarantined instead of routed; released, it is routed by a new run. The score comes
+from a chat model (``lead_scoring``, offline by default: see ``workflows/lead_scoring.py``)
+as structured output; an answer that stays invalid or is not confident enough goes to a
+person, and the team's rules score the lead when the model gave nothing usable.
 
 Input::
 
@@ -17,9 +23,13 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 
-from runtime import Owner, StepContext, Workflow
+from runtime import Owner, RecordChecks, StepContext, Workflow, rule
+from workflows.lead_scoring import FREE_MAIL, LeadScore, OfflineScoringModel, prompt, score_lead
 
-FREE_MAIL = frozenset({"gmail.com", "yahoo.com", "hotmail.com", "outlook.com", "gmx.de", "web.de", "icloud.com"})
+DISPOSABLE = frozenset({"mailinator.com", "guerrillamail.com", "10minutemail.com", "trashmail.com", "yopmail.com",
+                        "tempmail.com", "throwawaymail.com"})
+PLACEHOLDER_NAMES = frozenset({"test", "testing", "asdf", "qwerty", "xxx", "n/a", "na", "none", "null", "foo", "bar"})
+MIN_CONFIDENCE = 0.6
 EU = frozenset(
     "AT BE BG CH CY CZ DE DK EE ES FI FR GB GR HR HU IE IS IT LI LT LU LV MT NL NO PL PT RO SE SI SK".split()
 )
@@ -63,10 +73,12 @@ class State(TypedDict, total=False):
     budget: str | None
     message: str | None
     flags: list[str]
+    quarantined: str
     contact_id: str
     duplicate: bool
     score: int
     reasons: list[str]
+    scored_by: str
     owner: dict[str, Any]
     deal_id: str
     note_id: str
@@ -76,7 +88,28 @@ def territory(country: str) -> str:
     return "EU" if country in EU else "APAC" if country in APAC else "NA"
 
 
+def disposable_email(lead: dict[str, Any]) -> str | None:
+    domain = str(lead.get("email", "")).rsplit("@", 1)[-1].lower()
+    return f"{domain} is a disposable mail domain" if domain in DISPOSABLE else None
+
+
+def placeholder_name(lead: dict[str, Any]) -> str | None:
+    for name in ("first_name", "last_name"):
+        value = str(lead.get(name) or "").strip()
+        if value.lower() in PLACEHOLDER_NAMES or any(ch.isdigit() for ch in value):
+            return f"{name} {value!r} looks like a placeholder, not a name"
+    return None
+
+
+LEAD_CHECKS = RecordChecks("lead", rule("disposable_email", disposable_email, field="email"),
+                           rule("placeholder_name", placeholder_name), resubmit=dict)
+
+
 async def validate(state: State, runtime: Runtime[StepContext]) -> State:
+    lead = {name: state[name] for name in LeadInput.model_fields if state.get(name) is not None}
+    screening = await runtime.context.screen("lead", [lead])
+    if screening.quarantined:
+        return {"quarantined": screening.quarantined[0]["id"]}
     flags = []
     domain = state["email"].rsplit("@", 1)[1]
     if domain in FREE_MAIL:
@@ -98,28 +131,16 @@ async def dedupe(state: State, runtime: Runtime[StepContext]) -> State:
     return {"contact_id": contact["id"], "duplicate": False}
 
 
-def score_lead(state: State) -> tuple[int, list[str]]:
-    score, reasons = 20, ["base 20"]
-    employees = state.get("employees") or 0
-    if employees >= 1000:
-        score, reasons = score + 30, reasons + ["1000+ employees +30"]
-    elif employees >= 100:
-        score, reasons = score + 20, reasons + ["100+ employees +20"]
-    budget = Decimal(state["budget"]) if state.get("budget") else Decimal(0)
-    if budget >= 50_000:
-        score, reasons = score + 30, reasons + ["budget 50k+ +30"]
-    elif budget >= 10_000:
-        score, reasons = score + 15, reasons + ["budget 10k+ +15"]
-    if state["source"] in ("referral", "partner"):
-        score, reasons = score + 15, reasons + [f"{state['source']} source +15"]
-    if "free_mail" in state.get("flags", []):
-        score, reasons = score - 15, reasons + ["free mail domain -15"]
-    return max(0, min(100, score)), reasons
-
-
 async def score(state: State, runtime: Runtime[StepContext]) -> State:
-    value, reasons = score_lead(state)
-    return {"score": value, "reasons": reasons}
+    ctx = runtime.context
+    scored = await ctx.structured("lead_score", ctx.model("lead_scoring"), prompt(dict(state)), LeadScore,
+                                  min_confidence=MIN_CONFIDENCE)
+    if scored.value is not None:
+        by = "model" if not scored.escalated else f"model, approved by {', '.join(scored.approval.approved_by)}"
+        return {"score": scored.value.score, "reasons": scored.value.reasons, "scored_by": by}
+    rules = score_lead({**state, "free_mail": "free_mail" in state.get("flags", [])})
+    return {"score": rules.score, "reasons": rules.reasons,
+            "scored_by": f"rules (the model gave no valid score; {', '.join(scored.approval.approved_by)} let it go on)"}
 
 
 async def assign(state: State, runtime: Runtime[StepContext]) -> State:
@@ -149,7 +170,7 @@ async def create_deal(state: State, runtime: Runtime[StepContext]) -> State:
 async def add_note(state: State, runtime: Runtime[StepContext]) -> State:
     body = (
         f"Routed by Steward to {state['owner']['email']} ({state['owner']['territory']}); "
-        f"score {state['score']}: {', '.join(state['reasons'])}."
+        f"score {state['score']} by {state['scored_by']}: {', '.join(state['reasons'])}."
         + (" Existing contact." if state["duplicate"] else " New contact.")
     )
     note = await runtime.context.crm.create_note(body=body, contact_id=state["contact_id"],
@@ -157,13 +178,18 @@ async def add_note(state: State, runtime: Runtime[StepContext]) -> State:
     return {"note_id": note["id"]}
 
 
+def after_validate(state: State) -> str:
+    return END if state.get("quarantined") else "dedupe"
+
+
 def build() -> StateGraph:
     graph = StateGraph(State, context_schema=StepContext)
     steps = [validate, dedupe, score, assign, create_deal, add_note]
     for step in steps:
         graph.add_node(step.__name__, step)
-    graph.add_edge(START, steps[0].__name__)
-    for before, after in zip(steps, steps[1:]):
+    graph.add_edge(START, "validate")
+    graph.add_conditional_edges("validate", after_validate, ["dedupe", END])
+    for before, after in zip(steps[1:], steps[2:]):
         graph.add_edge(before.__name__, after.__name__)
     graph.add_edge(steps[-1].__name__, END)
     return graph
@@ -171,10 +197,14 @@ def build() -> StateGraph:
 
 workflow = Workflow(
     name="lead_routing",
-    version="1.1.0",  # 1.1.0: territories are HubSpot teams (1.0.0 read a field HubSpot owners do not have)
+    # 1.1.0: territories are HubSpot teams (1.0.0 read a field HubSpot owners do not have);
+    # 1.2.0: leads are screened (quarantine) and scored by a chat model as structured output
+    version="1.2.0",
     owner=Owner(name="Sales Operations Lead", email="sales-ops@example.com"),
     description="Route an inbound lead: dedupe against CRM contacts, score, assign an owner, open a deal, note why.",
     input_model=LeadInput,
     build=build,
     grants={"crm.contacts.read", "crm.contacts.write", "crm.owners.read", "crm.deals.write", "crm.notes.write"},
+    checks=[LEAD_CHECKS],
+    models={"lead_scoring": OfflineScoringModel},
 )

@@ -109,7 +109,7 @@ async def test_lead_routing_creates_contact_deal_and_note(steward: Steward, sand
 
 
 async def test_lead_routing_assigns_the_owner_of_the_leads_territory_team(steward: Steward, sandbox) -> None:
-    lead = {"email": "kaito@example.jp", "first_name": "Kaito", "last_name": "Mori", "country": "JP",
+    lead = {"email": "kaito@example.jp", "first_name": "Kaito", "last_name": "Mori", "company": "Mori KK", "country": "JP",
             "source": "web"}
     run, _ = await steward.executor.submit(workflow="lead_routing", input=lead, actor="web-form")
     run = await steward.executor.drive(run.id)
@@ -119,7 +119,7 @@ async def test_lead_routing_assigns_the_owner_of_the_leads_territory_team(stewar
 
 async def test_lead_routing_dedupes_existing_contact(steward: Steward, sandbox) -> None:
     lead = {"email": "existing.lead@example.com", "first_name": "E", "last_name": "L", "country": "US",
-            "source": "web"}
+            "source": "web", "employees": 40}
     run, _ = await steward.executor.submit(workflow="lead_routing", input=lead, actor="web-form")
     run = await steward.executor.drive(run.id)
     assert run.status == RunStatus.succeeded

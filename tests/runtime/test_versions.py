@@ -129,7 +129,7 @@ def test_the_registry_serves_every_version_and_defaults_to_the_highest() -> None
     assert registry.get("price_change", version=None).version == "1.10.0"
     assert len(registry) == 5
     assert [(wf.name, wf.version) for wf in registry] == [
-        ("lead_routing", "1.1.0"), ("price_change", "1.2.0"), ("price_change", "1.9.0"),
+        ("lead_routing", "1.2.0"), ("price_change", "1.2.0"), ("price_change", "1.9.0"),
         ("price_change", "1.10.0-rc.1"), ("price_change", "1.10.0")]
     assert registry.versions("price_change") == ["1.2.0", "1.9.0", "1.10.0-rc.1", "1.10.0"]
     with pytest.raises(WorkflowNotFound, match=r"no version '2\.0\.0'.*loaded: 1\.2\.0, 1\.9\.0, 1\.10\.0-rc\.1, 1\.10\.0$"):
@@ -249,7 +249,7 @@ async def test_a_parked_run_can_still_be_cancelled(open_with) -> None:
 async def test_start_up_registers_every_loaded_version_with_its_code_hash(open_with) -> None:
     async with open_with(lead_routing.workflow, V100, V110) as steward:
         assert await hashes(steward) == {
-            ("lead_routing", "1.1.0"): lead_routing.workflow.code_hash,
+            ("lead_routing", "1.2.0"): lead_routing.workflow.code_hash,
             ("price_change", "1.0.0"): V100.code_hash,
             ("price_change", "1.1.0"): V110.code_hash,
         }
