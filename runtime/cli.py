@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 from runtime.policy_cli import policy_app
+from runtime.quarantine_cli import quarantine_app
 from runtime.states import RunStatus
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ audit_app = typer.Typer(help="Read (through the server) and verify (locally) the
 db_app = typer.Typer(help="Database schema (local).", no_args_is_help=True)
 tokens_app = typer.Typer(help="API tokens (local).", no_args_is_help=True)
 for sub, name in [(runs_app, "runs"), (workflows_app, "workflows"), (audit_app, "audit"), (db_app, "db"),
-                  (tokens_app, "tokens"), (policy_app, "policy")]:
+                  (tokens_app, "tokens"), (policy_app, "policy"), (quarantine_app, "quarantine")]:
     app.add_typer(sub, name=name)
 
 T = TypeVar("T")

@@ -177,6 +177,8 @@ class Executor:
     ) -> tuple[Run, bool]:
         """Validate and queue a run pinned to ``version`` (default: the highest loaded version of ``workflow``).
         Returns ``(run, created)``; a repeated idempotency key returns the first run."""
+        wf = self.registry.get(workflow, version)
+        data = wf.validate_input(input)
         if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
             raise InputInvalid("an idempotency key has 1 to 200 characters", details=[
                 {"loc": ["idempotency_key"], "msg": "1 to 200 characters", "type": "string_length"}])
@@ -185,21 +187,20 @@ class Executor:
 
             def create(session: Session) -> Run:
                 created.clear()
-                return self.create_run(session, workflow=workflow, input=input, actor=actor,
-                                       idempotency_key=idempotency_key, version=version, created=created)
+                return self.create_run(session, wf=wf, data=data, actor=actor, idempotency_key=idempotency_key,
+                                       version=version, created=created)
 
             run = await self.db.run(create)
         self._wake.set()
         return run, created == [True]
 
-    def create_run(self, session: Session, *, workflow: str, input: Any, actor: str,
+    def create_run(self, session: Session, *, wf: Workflow, data: dict[str, Any], actor: str,
                    idempotency_key: str | None = None, version: str | None = None,
                    created: list[bool] | None = None) -> Run:
-        """Inside the caller's transaction: validate ``input`` and queue a run (see :meth:`submit`; call
-        :meth:`wake` after commit). Its trace is the current span's. ``created`` gets True appended when
-        the run is new, False when a repeated idempotency key found the first one."""
-        wf = self.registry.get(workflow, version)
-        data = wf.validate_input(input)
+        """Inside the caller's transaction: queue a run of ``wf`` on ``data`` (its validated input; see
+        :meth:`submit`, and call :meth:`wake` after commit). ``version`` is the one the caller asked for,
+        if any. Its trace is the current span's. ``created`` gets True appended when the run is new,
+        False when a repeated idempotency key found the first one."""
         # Scoped to the actor, unambiguously: actor "a:b" with key "c" is not actor "a" with key "b:c".
         scoped_key = f"{len(actor)}:{actor}:{idempotency_key}" if idempotency_key else None
         span = trace.get_current_span()

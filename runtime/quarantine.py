@@ -32,7 +32,7 @@ from runtime import audit
 from runtime.db import Database, RawSql
 from runtime.errors import Conflict, NotFound, WorkflowNotFound
 from runtime.models import QuarantineItem, new_id, utcnow
-from runtime.sdk import Registry
+from runtime.sdk import Registry, Workflow
 
 if TYPE_CHECKING:
     from runtime.executor import Executor
@@ -114,10 +114,12 @@ class Quarantine:
             resubmitted.clear()  # a transaction retried after a blip starts over
             item = _lock_open(session, item_id, "released")
             run = None
-            checks = self._checks(item)
+            wf = self._workflow(item)
+            checks = wf.checks.get(item.kind) if wf is not None else None
             if checks is not None and checks.resubmit is not None:
-                run = self.executor.create_run(session, workflow=item.workflow, input=checks.resubmit(item.record),
-                                               actor=actor, idempotency_key=f"quarantine:{item.id}")
+                data = wf.validate_input(checks.resubmit(item.record))
+                run = self.executor.create_run(session, wf=wf, data=data, actor=actor,
+                                               idempotency_key=f"quarantine:{item.id}")
                 resubmitted.append(run)
             _decide(session, item, QuarantineStatus.released, actor=actor, comment=comment,
                     run_id=run.id if run is not None else None)
@@ -138,12 +140,12 @@ class Quarantine:
 
         return await self.db.run(decide)
 
-    def _checks(self, item: QuarantineItem) -> Any:
+    def _workflow(self, item: QuarantineItem) -> Workflow | None:
+        """The workflow's highest loaded version (the one a new run takes), or None when not loaded."""
         try:
-            wf = self.registry.get(item.workflow)
+            return self.registry.get(item.workflow)
         except WorkflowNotFound:
             return None
-        return wf.checks.get(item.kind)
 
 
 def _get(session: Session, item_id: str) -> QuarantineItem:

@@ -199,3 +199,25 @@ def test_version_and_a_help_that_loads_nothing_heavy(cli_env) -> None:
              "print('HEAVY', heavy)")
     result = subprocess.run([sys.executable, "-c", probe], env=cli_env, capture_output=True, text=True, timeout=60)
     assert "Usage: steward" in result.stdout and "HEAVY []" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the client side: one database is enough
+def test_quarantined_leads_are_listed_released_and_dropped_from_the_cli(serve) -> None:
+    env = serve()
+    lead = {"email": "jo@mailinator.com", "first_name": "Jo", "last_name": "Ray", "company": "Ray Ltd",
+            "country": "GB", "source": "web", "employees": 20}
+    run = as_json(steward(env, "run", "lead_routing", "--input", json.dumps(lead), "--wait"))
+    assert run["status"] == "succeeded" and run["output"]["quarantined"]
+    [item] = as_json(steward(env, "quarantine", "list", "-o", "json"))
+    assert item["id"] == run["output"]["quarantined"] and item["status"] == "quarantined"
+    listed = steward(env, "quarantine", "list", "--status", "quarantined").stdout
+    assert item["id"] in listed and "mailinator.com is a disposable mail domain" in listed
+    assert as_json(steward(env, "quarantine", "show", item["id"]))["record"]["email"] == "jo@mailinator.com"
+
+    released = steward(env, "quarantine", "release", item["id"], "--comment", "a real customer")
+    assert released.returncode == 0 and f"released {item['id']}; run " in released.stdout
+    again = steward(env, "quarantine", "drop", item["id"])
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
+    assert "already released by demo.operator" in again.stderr
+    bad = steward(env, "quarantine", "list", "--status", "lost")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

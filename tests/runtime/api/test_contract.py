@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
 from approvals import api as approvals_api
-from runtime.api import audit_routes, runs
+from runtime.api import audit_routes, quarantine, runs
 from runtime.app import create_app
 from sandbox import create_sandbox_app
 from runtime.service import build_connectors
@@ -48,6 +48,8 @@ def real_cursor(case) -> None:
         "/api/v1/runs": (runs.PAGES, ("status", "workflow"), [datetime.now(timezone.utc), "0" * 32]),
         "/api/v1/approvals": (approvals_api.PAGES, ("status", "run_id"), [datetime.now(timezone.utc), "0" * 32]),
         "/api/v1/audit": (audit_routes.PAGES, ("run_id", "after_seq"), [3]),
+        "/api/v1/quarantine": (quarantine.PAGES, ("status", "workflow", "kind", "run_id"),
+                               [datetime.now(timezone.utc), "0" * 32]),
     }[case.path]
     values = {name: case.query.get(name) for name in filters}
     if "after_seq" in values:

@@ -43,7 +43,11 @@ def test_every_declared_error_status_of_every_operation_is_reachable(api, monkey
     approval = run["pending_approval_id"]
     done = settle(api, api.post("/api/v1/runs", json={"workflow": "price_change", "input": PRICE_105},
                                 headers=OPERATOR).json()["id"], {"succeeded"})
-    ids = {"run_id": run["id"], "approval_id": approval, "name": "price_change"}
+    suspect = {"email": "jo@mailinator.com", "first_name": "Jo", "last_name": "Ray", "company": "Ray Ltd",
+               "country": "GB", "source": "web"}
+    quarantined = settle(api, api.post("/api/v1/runs", json={"workflow": "lead_routing", "input": suspect},
+                                       headers=OPERATOR).json()["id"], {"succeeded"})["output"]["quarantined"]
+    ids = {"run_id": run["id"], "approval_id": approval, "name": "price_change", "item_id": quarantined}
     policy_hash = run["policy_hash"]
     bodies = {("post", "/api/v1/runs"): {"workflow": "price_change", "input": PRICE_105},
               ("post", "/api/v1/approvals/{approval_id}/decision"): {"decision": "approve", "comment": "ok"},
@@ -77,6 +81,9 @@ def test_every_declared_error_status_of_every_operation_is_reachable(api, monkey
                          headers=APPROVER)
                 return api.post(f"/api/v1/approvals/{approval}/decision", json={"decision": "reject", "comment": "no"},
                                 headers=APPROVER)
+            if path.startswith("/api/v1/quarantine/"):  # a decided record is decided
+                api.post(f"/api/v1/quarantine/{quarantined}/drop", headers=OPERATOR)
+                return api.request(method, url, headers=OPERATOR)
             if path == "/api/v1/runs":
                 keyed = {**OPERATOR, "Idempotency-Key": "status-409"}
                 api.post(url, json=body, headers=keyed)
