@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import cedarpy
+import orjson
 
 from runtime import audit
 from runtime.errors import PolicyContextInvalid, PolicyLoadError
@@ -174,11 +175,14 @@ class PolicyRequest:
     context: dict[str, Any] = field(default_factory=dict)
 
     def cedar(self) -> dict[str, Any]:
+        """The request as cedarpy takes it; the context already as JSON text (cedarpy would otherwise
+        serialise it with the slower standard library on every call)."""
+        context = orjson.dumps(self.context).decode()  # encodable: Policies.evaluate digested it first
         return {
             "principal": {"type": "WorkflowVersion", "id": f"{self.workflow}@{self.version}"},
             "action": {"type": "Action", "id": self.action},
             "resource": {"type": self.resource[0], "id": str(self.resource[1])},
-            "context": self.context,
+            "context": context,
         }
 
 
@@ -267,7 +271,11 @@ class Policies:
 
         A decision is a function of the set and the request alone, so the last few thousand are kept:
         the same request (every read with its empty context, a step that runs again) is not asked twice."""
-        context_digest = audit.digest(request.context)
+        try:
+            context_digest = audit.digest(request.context)
+        except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits, which Cedar has no type for
+            raise PolicyContextInvalid(f"the policy context for {request.action} cannot be encoded: {exc}",
+                                       details={"action": request.action, "errors": [str(exc)]}) from None
         key = (request.workflow, request.version, request.action, request.resource, context_digest)
         found = self._decided.get(key)
         if found is not None:

@@ -138,6 +138,10 @@ def test_evaluate_explains_a_hypothetical_action_without_calling_it(client, sand
         "workflow": "price_change", "action": "pricing.set_price", "resource": {"type": "Sku", "id": "S"},
         "context": {"currency": "EUR"}})
     assert bad.status_code == 422 and "does not fit the schema" in bad.json()["detail"]
+    huge = client.post("/api/v1/policy/evaluate", headers=OPERATOR, json={
+        "workflow": "price_change", "action": "pricing.set_price", "resource": {"type": "Sku", "id": "S"},
+        "context": {"currency": "EUR", "amount": 2**70}})
+    assert huge.status_code == 422 and "cannot be encoded" in huge.json()["detail"]
     both = client.post("/api/v1/policy/evaluate", headers=OPERATOR, json={
         "workflow": "price_change", "action": "pricing.set_price", "arguments": {}, "context": {}})
     assert both.status_code == 422
