@@ -151,6 +151,8 @@ class Gate:
             return None
         if recorded.action != action or recorded.request_digest != request_digest:
             what = "another action" if recorded.action != action else "the same action with other arguments"
+            if recorded.action == action and action.startswith(f"{RECORD}:model:"):
+                what = "the same model question with another prompt"
             raise NonDeterministicReplay(
                 f"node {site.node!r} proposed {what} at call position {position} than its earlier execution "
                 f"recorded (recorded {recorded.action}, proposed {action}): a step must make the same calls "
@@ -260,7 +262,11 @@ class Gate:
         position = self._position(site)
         key = idempotency_key(self.run.id, site.task_ns, position)
         action = f"{SCREEN}:{kind}"
-        request_digest = audit.digest(batch)
+        try:
+            request_digest = audit.digest(batch)
+        except TypeError as exc:  # orjson: e.g. an integer beyond 64 bits, which no JSON column keeps exactly
+            raise StewardError(f"screen({kind!r}, records): a record cannot be stored as JSON ({exc}); pass "
+                               "such values (large ids) as strings") from None
         recorded = self._replay(site, position, key, action, request_digest)
         base = {"kind": kind, "node": site.node, "position": position, "records": len(batch)}
         journal = self.journal

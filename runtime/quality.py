@@ -90,12 +90,13 @@ def matches(name: str, pattern: str, *, what: str | None = None) -> Check:
 def one_of(name: str, values: Iterable[Any]) -> Check:
     """When ``name`` is present, it is one of ``values``."""
     _names([name], "one_of")
-    allowed = frozenset(values)
-    shown = ", ".join(sorted(map(str, allowed)))
+    values = list(values)
+    allowed = frozenset(_typed(v) for v in values)
+    shown = ", ".join(sorted(map(str, values)))
 
     def test(record: Mapping[str, Any]) -> list[Reason]:
         value = _lookup(record, name)
-        if _missing(value) or value in allowed:
+        if _missing(value) or _typed(value) in allowed:
             return []
         return [{"check": "one_of", "field": name, "message": f"{name} {str(value)[:80]!r} is not one of {shown}"}]
 
@@ -114,7 +115,7 @@ def unique(*fields: str, ignore_case: bool = True) -> Check:
         values = tuple(_lookup(record, name) for name in fields)
         if all(_missing(v) for v in values):
             return None
-        return tuple(v.strip().lower() if ignore_case and isinstance(v, str) else v for v in values)
+        return tuple(v.strip().lower() if ignore_case and isinstance(v, str) else _typed(v) for v in values)
 
     def run(records: Sequence[Mapping[str, Any]]) -> list[list[Reason]]:
         first: dict[tuple[Any, ...], int] = {}
@@ -130,6 +131,11 @@ def unique(*fields: str, ignore_case: bool = True) -> Check:
         return out
 
     return Check(f"unique:{','.join(fields)}", run)
+
+
+def _typed(value: Any) -> Any:
+    """A hashable stand-in that tells 1, 1.0 and True apart (Python's equality does not)."""
+    return (type(value).__name__, _hashable(value))
 
 
 def _hashable(value: Any) -> Any:
@@ -155,7 +161,9 @@ def rule(name: str, test: Callable[[Mapping[str, Any]], str | None], *, field: s
             message = test(record)
         except Exception as exc:  # noqa: BLE001 - a rule that cannot judge a record fails that record only
             message = f"the check could not judge the record: {type(exc).__name__}: {exc}"
-        return [] if message is None else [{"check": name, "field": field, "message": str(message)[:500]}]
+        if message is None or message is False or message == "":  # falsy answers mean "nothing wrong"
+            return []
+        return [{"check": name, "field": field, "message": str(message)[:500]}]
 
     return each(name, run)
 

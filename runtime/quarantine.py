@@ -30,9 +30,10 @@ from sqlalchemy.orm import Session
 
 from runtime import audit
 from runtime.db import Database, RawSql
-from runtime.errors import Conflict, NotFound, WorkflowNotFound
+from runtime.errors import Conflict, InputInvalid, NotFound, WorkflowNotFound
 from runtime.models import QuarantineItem, new_id, utcnow
-from runtime.sdk import Registry, Workflow
+from runtime.quality import RecordChecks
+from runtime.sdk import Registry
 
 if TYPE_CHECKING:
     from runtime.executor import Executor
@@ -58,14 +59,30 @@ _UPSERT = (
 def quarantine_rows(cursor: Any, raw: RawSql, *, run: Any, node: str, kind: str,
                     failing: Sequence[tuple[int, dict[str, Any], list[dict[str, str]]]]) -> list[dict[str, Any]]:
     """Inside the screening's transaction: file each failing ``(index, record, reasons)``; returns per
-    record ``{"index", "id", "status", "seen_count", "record_digest"}`` as the items now stand."""
+    record ``{"index", "id", "status", "seen_count", "record_digest"}`` as the items now stand.
+
+    Items are written in digest order (never in the batch's order), so screenings of the same records
+    in any order lock their rows in one order and cannot deadlock. Identical records of one batch are
+    one item, filed once; the copies after the first are duplicates and never pass, even when the
+    item was released (a release vouches for the record, not for several copies of it)."""
     now = raw.time(utcnow())
-    out = []
+    firsts: dict[str, tuple[int, dict[str, Any], list[dict[str, str]]]] = {}
+    digests = []
     for index, record, reasons in failing:
         digest = audit.digest(record)
+        digests.append(digest)
+        firsts.setdefault(digest, (index, record, reasons))
+    filed: dict[str, tuple[str, str, int]] = {}
+    for digest in sorted(firsts):
+        _, record, reasons = firsts[digest]
         cursor.execute(raw.sql(_UPSERT), (new_id(), run.workflow, run.version, kind, run.id, run.id, node[:200],
                                           raw.json(record), digest, raw.json(reasons), now, now))
-        item_id, status, seen = cursor.fetchone()
+        filed[digest] = tuple(cursor.fetchone())
+    out = []
+    for (index, _, _), digest in zip(failing, digests, strict=True):
+        item_id, status, seen = filed[digest]
+        if firsts[digest][0] != index and status == QuarantineStatus.released.value:
+            status = QuarantineStatus.quarantined.value  # a second copy of a released record stays out
         out.append({"index": index, "id": item_id, "status": status, "seen_count": seen, "record_digest": digest})
     return out
 
@@ -114,10 +131,18 @@ class Quarantine:
             resubmitted.clear()  # a transaction retried after a blip starts over
             item = _lock_open(session, item_id, "released")
             run = None
-            wf = self._workflow(item)
-            checks = wf.checks.get(item.kind) if wf is not None else None
-            if checks is not None and checks.resubmit is not None:
-                data = wf.validate_input(checks.resubmit(item.record))
+            checks = self._checks(item)
+            if checks.resubmit is not None:
+                wf = self.registry.get(item.workflow)  # a new run takes the highest loaded version
+                try:
+                    proposed = checks.resubmit(item.record)
+                except Exception as exc:  # noqa: BLE001 - the workflow's function: its failure is this record's
+                    raise InputInvalid(
+                        f"quarantined record {item.id} cannot be resubmitted: the {item.kind!r} checks' resubmit "
+                        f"failed on it ({type(exc).__name__}: {exc}); drop it, or fix it at its source",
+                        details=[{"loc": ["record"], "msg": f"{type(exc).__name__}: {exc}"[:500],
+                                  "type": "resubmit_failed"}]) from None
+                data = wf.validate_input(proposed)
                 run = self.executor.create_run(session, wf=wf, data=data, actor=actor,
                                                idempotency_key=f"quarantine:{item.id}")
                 resubmitted.append(run)
@@ -140,12 +165,23 @@ class Quarantine:
 
         return await self.db.run(decide)
 
-    def _workflow(self, item: QuarantineItem) -> Workflow | None:
-        """The workflow's highest loaded version (the one a new run takes), or None when not loaded."""
+    def _checks(self, item: QuarantineItem) -> RecordChecks:
+        """The record's checks as the version that quarantined it declares them (else the highest loaded
+        version's); a workflow this process does not load cannot release (it may need to resubmit)."""
         try:
-            return self.registry.get(item.workflow)
+            wf = self.registry.get(item.workflow, item.version)
         except WorkflowNotFound:
-            return None
+            try:
+                wf = self.registry.get(item.workflow)
+            except WorkflowNotFound:
+                raise Conflict(f"quarantined record {item.id} belongs to workflow {item.workflow!r}, which this "
+                               "server does not load; release it on a server that does (it may start a run), "
+                               "or drop it") from None
+        checks = wf.checks.get(item.kind)
+        if checks is None:
+            raise Conflict(f"workflow {item.workflow!r} {wf.version} no longer declares checks for {item.kind!r} "
+                           "records; drop the record")
+        return checks
 
 
 def _get(session: Session, item_id: str) -> QuarantineItem:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+import orjson
 from langgraph.graph import StateGraph
 from pydantic import BaseModel, EmailStr, TypeAdapter, ValidationError
 
@@ -139,7 +140,13 @@ class Workflow:
             ]
             names = ", ".join(".".join(str(p) for p in f["loc"][1:]) or "input" for f in fields)
             raise InputInvalid(f"input for workflow {self.name!r} is invalid: {names}", details=fields) from None
-        return model.model_dump(mode="json")
+        data = model.model_dump(mode="json")
+        try:
+            orjson.dumps(data)
+        except TypeError as exc:  # an integer beyond 64 bits: no JSON column or digest keeps it exactly
+            raise InputInvalid(f"input for workflow {self.name!r} is invalid: {exc}; send such numbers as strings",
+                               details=[{"loc": ["input"], "msg": str(exc), "type": "json_unencodable"}]) from None
+        return data
 
 
 def callable_or_model(model: Any) -> bool:

@@ -18,6 +18,7 @@ fallback); rejected, the run ends rejected.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -68,11 +69,24 @@ def parse(schema: type[T], content: str) -> T:
     fenced = _FENCE.match(content)
     text = fenced.group(1) if fenced else content.strip()
     try:
+        json.loads(text, parse_constant=_not_a_number)  # NaN and Infinity are no JSON (nor storable)
+    except ValueError as exc:
+        if isinstance(exc, _NotANumber):
+            raise
+    try:
         return schema.model_validate_json(text)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, err['loc'])) or 'the answer'}: {err['msg']}" for err in exc.errors(include_url=False))
         raise ValueError(problems) from None
+
+
+class _NotANumber(ValueError):
+    pass
+
+
+def _not_a_number(constant: str) -> Any:
+    raise _NotANumber(f"the answer holds {constant}, which is not a JSON number")
 
 
 def text_of(message: Any) -> str:
@@ -108,6 +122,9 @@ async def structured(gate: Gate, name: str, model: BaseChatModel, messages: Sequ
         raise StewardError(f"structured({name!r}): attempts must be 1 to {MAX_ATTEMPTS}, not {attempts}")
     if min_confidence is not None and not 0 <= min_confidence <= 1:
         raise StewardError(f"structured({name!r}): min_confidence must be between 0 and 1")
+    if min_confidence is not None and confidence is None:
+        raise StewardError(f"structured({name!r}): min_confidence needs a confidence: name a field of "
+                           f"{schema.__name__} or give a function with confidence=...")
     if min_confidence is not None and isinstance(confidence, str) and confidence not in schema.model_fields:
         raise StewardError(f"structured({name!r}): min_confidence needs a confidence: {schema.__name__} has no "
                            f"field {confidence!r}; name one with confidence=...")
@@ -132,11 +149,16 @@ async def structured(gate: Gate, name: str, model: BaseChatModel, messages: Sequ
             conversation = [*conversation, AIMessage(answer["content"]), HumanMessage(
                 f"That answer is not valid: {exc}. Answer again with only the JSON object.")]
     score = _confidence_of(value, confidence) if value is not None else None
-    if value is not None and (min_confidence is None or score is None or score >= min_confidence):
+    if score is not None and not math.isfinite(score):
+        score = None  # no confidence at all: below any threshold
+    if value is not None and (min_confidence is None or (score is not None and score >= min_confidence)):
         return Structured(value=value, raw=raw, attempts=len(raw), confidence=score, errors=errors)
     if value is None:
         reason = (f"the model gave no valid {schema.__name__} in {len(raw)} attempt(s); approve to go on "
                   f"without it, reject to stop the run")
+    elif score is None:
+        reason = (f"the model's answer states no confidence (the threshold is {min_confidence:.2f}); approve to "
+                  f"act on its answer, reject to stop the run")
     else:
         reason = (f"the model's confidence {score:.2f} is below {min_confidence:.2f}; approve to act on its "
                   f"answer, reject to stop the run")

@@ -6,6 +6,7 @@ decided once under 20 concurrent requests, audited, and a released input starts 
 from __future__ import annotations
 
 import asyncio
+import random
 import subprocess
 import sys
 import threading
@@ -219,6 +220,21 @@ async def test_screening_an_undeclared_kind_fails_the_step_saying_what_is_declar
     assert "declared: none" in run.error["message"]
 
 
+async def test_a_record_no_json_column_can_keep_fails_the_step_saying_what_to_do(open_custom) -> None:
+    async def work(state, runtime):
+        await runtime.context.screen("contact", [{"email": "c@d.io", "country": "DE", "crm_id": 2**70}])
+        return {}
+
+    wf = Workflow(name="big_ids", version="1.0.0", owner=OWNER, description="reads big ids", input_model=Empty,
+                  build=single_node_workflow("big_ids", work, grants=set()).build, checks=[screen_workflow.CONTACT])
+    async with open_custom([wf, screen_workflow.workflow]) as steward:
+        with pytest.raises(InputInvalid, match="send such numbers as strings"):  # nor may an input hold one
+            await steward.executor.submit(workflow="contact_import", input={"contacts": [{"n": 2**70}]}, actor="a")
+        run, _ = await steward.executor.submit(workflow="big_ids", input={}, actor="a")
+        run = await steward.executor.drive(run.id)
+    assert run.status == RunStatus.failed and "pass such values (large ids) as strings" in run.error["message"]
+
+
 async def test_releasing_a_record_that_is_no_valid_input_changes_nothing(open_custom) -> None:
     async def work(state, runtime):
         screening = await runtime.context.screen("lead", state["contacts"])
@@ -267,6 +283,64 @@ async def test_killed_right_after_screening_the_resumed_run_files_nothing_twice(
         [after] = await items(steward)
         assert after.seen_count == 1
         assert (await steward.db.run(audit.verify)).ok
+
+
+async def test_twenty_runs_screening_the_same_records_in_other_orders_do_not_deadlock(importing: Steward) -> None:
+    bad = [{"email": f"p{i}@acme.io"} for i in range(30)]
+    runs = []
+    for n in range(20):
+        batch = bad[:]
+        random.Random(n).shuffle(batch)
+        runs.append((await importing.executor.submit(workflow="contact_import", input={"contacts": batch},
+                                                     actor="importer"))[0])
+    done = await asyncio.gather(*(importing.executor.drive(run.id) for run in runs))
+    assert [run.status for run in done] == [RunStatus.succeeded] * 20, [run.error for run in done if run.error]
+    found = await items(importing)
+    assert len(found) == 30 and {item.seen_count for item in found} == {20}
+
+
+async def test_identical_bad_records_in_one_batch_are_one_item_and_a_release_lets_one_copy_pass(
+    importing: Steward
+) -> None:
+    first = await imported(importing, [NO_COUNTRY, dict(NO_COUNTRY)])
+    [item] = await items(importing)
+    assert item.seen_count == 1 and first.output["quarantined"] == [item.id, item.id]
+    assert [r["check"] for r in item.reasons] == ["required"], "the first copy's reasons, not the duplicate's"
+    await importing.quarantine.release(item_id=item.id, actor="ops")
+    again = await imported(importing, [NO_COUNTRY, dict(NO_COUNTRY)])
+    assert again.output["imported"] == ["bob@acme.io"], "a release vouches for the record, not for copies"
+    assert again.output["released"] == [item.id] and again.output["quarantined"] == [item.id]
+
+
+async def test_a_record_of_a_workflow_not_loaded_here_cannot_be_released(open_custom, importing: Steward) -> None:
+    await imported(importing, [NO_COUNTRY])
+    [item] = await items(importing)
+    async with open_custom([]) as other:  # a server without contact_import
+        with pytest.raises(Conflict, match="which this server does not load"):
+            await other.quarantine.release(item_id=item.id, actor="ops")
+        assert (await other.quarantine.get(item_id=item.id)).status == "quarantined"
+        assert (await other.quarantine.drop(item_id=item.id, actor="ops")).status == "dropped"
+
+
+async def test_a_resubmit_that_fails_on_the_record_is_bad_input_and_changes_nothing(open_custom) -> None:
+    wf = Workflow(name="lead_import", version="1.0.0", owner=OWNER, description="imports leads",
+                  input_model=screen_workflow.Batch, build=screen_workflow.build,
+                  checks=[RecordChecks("contact", required("company"), resubmit=lambda r: {"contacts": [r["nope"]]})])
+    async with open_custom([wf]) as steward:
+        run, _ = await steward.executor.submit(workflow="lead_import", input={"contacts": [GOOD]}, actor="a")
+        await steward.executor.drive(run.id)
+        [item] = await items(steward)
+        with pytest.raises(InputInvalid, match="resubmit failed on it \\(KeyError"):
+            await steward.quarantine.release(item_id=item.id, actor="ops")
+        assert (await steward.quarantine.get(item_id=item.id)).status == "quarantined"
+
+
+def test_values_of_other_types_are_judged_not_crashed_on() -> None:
+    checks = RecordChecks("row", one_of("tier", ["a", 1]), unique("code"),
+                      rule("flagged", lambda r: r.get("flag", "")))
+    failures = checks.failures([{"tier": ["a"], "code": 1}, {"tier": True, "code": True}, {"tier": 1, "code": 1.0},
+                                {"tier": "a", "code": "1", "flag": False}, {"code": 1, "flag": "too old"}])
+    assert [[r["check"] for r in f] for f in failures] == [["one_of"], ["one_of"], [], [], ["duplicate", "flagged"]]
 
 
 # -- the HTTP API ----------------------------------------------------------------------------------

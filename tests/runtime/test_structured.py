@@ -178,3 +178,45 @@ async def test_bad_options_fail_the_step_clearly(open_custom, options, message) 
         run = await drive(steward)
     assert run.status == RunStatus.failed and message in run.error["message"]
     assert model.calls == 0
+
+
+class MaybeVerdict(BaseModel):
+    label: str
+    confidence: float | None = None
+
+
+@pytest.mark.parametrize("answer", ['{"label": "hot", "confidence": null}', '{"label": "hot"}'])
+async def test_an_answer_without_a_confidence_goes_to_a_person_when_there_is_a_threshold(open_custom,
+                                                                                         answer) -> None:
+    model = ScriptedChatModel(answers=[answer])
+
+    async def work(state, runtime):
+        got = await runtime.context.structured("verdict", model, [HumanMessage("judge")], MaybeVerdict,
+                                               min_confidence=0.9)
+        return {"label": got.value.label, "escalated": got.escalated}
+
+    async with open_custom([workflow_of(work)]) as steward:
+        run = await drive(steward)
+        assert run.status == RunStatus.waiting_approval
+        approval = await approve(steward, run.id)
+        assert "states no confidence" in approval.reason
+        run = await steward.executor.drive(run.id)
+    assert run.output == {"label": "hot", "escalated": True}
+
+
+async def test_a_threshold_without_a_confidence_is_a_clear_error(open_custom) -> None:
+    model = ScriptedChatModel(answers=[GOOD])
+    async with open_custom([workflow_of(asking(model, min_confidence=0.5, confidence=None))]) as steward:
+        run = await drive(steward)
+    assert run.status == RunStatus.failed and "min_confidence needs a confidence" in run.error["message"]
+
+
+async def test_nan_is_no_valid_answer_and_the_escalation_can_be_stored(open_custom) -> None:
+    model = ScriptedChatModel(answers=['{"label": "hot", "confidence": NaN}'])
+    async with open_custom([workflow_of(asking(model, attempts=2, min_confidence=0.5))]) as steward:
+        run = await drive(steward)
+        assert run.status == RunStatus.waiting_approval, run.error
+        approval = await approve(steward, run.id)
+        assert approval.arguments["errors"] == ["the answer holds NaN, which is not a JSON number"] * 2
+        run = await steward.executor.drive(run.id)
+    assert run.status == RunStatus.succeeded and run.output["label"] is None
