@@ -248,7 +248,7 @@ class Gate:
         """Judge ``records`` by the workflow's checks for ``kind`` and quarantine those that fail (see
         :meth:`StepContext.screen`). A batch with failures is recorded with its quarantine items in one
         transaction: the step run again gets the same answer and files nothing twice. A batch that
-        passes whole writes nothing of its own (its audit event goes with the run's next write)."""
+        passes whole is recorded with the run's next write (it files nothing, so nothing waits for it)."""
         site = self._site()
         checks = self.checks.get(kind)
         if checks is None:
@@ -275,9 +275,16 @@ class Gate:
             return _screening(batch, recorded.response)
         failures = checks.failures(batch)
         failing = [(index, batch[index], reasons) for index, reasons in enumerate(failures) if reasons]
-        if not failing:
-            journal.defer(journal.event("records.screened", {**base, "passed": len(batch), "quarantined": []},
-                                        trusted=True))
+        if not failing:  # nothing to file: recorded with the run's next write, so a rerun replays it
+            response: dict[str, Any] = {"items": []}
+            journal.defer(journal.event("records.screened", {**base, "passed": len(batch), "items": []},
+                                        trusted=True),
+                          op=journal.record_call({
+                              "idempotency_key": key, "run_id": self.run.id, "node": site.node_path,
+                              "superstep": site.superstep, "position": position, "action": action, "effect": SCREEN,
+                              "request_digest": request_digest, "response": response, "attempts": 1},
+                              audit.canonical_json(response)))
+            journal.recorded[key] = Recorded(action, request_digest, response)
             return Screening(passed=batch)
         event = journal.event("records.screened", dict(base), trusted=True)
         outcome: dict[str, Any] = {}

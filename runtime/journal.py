@@ -83,8 +83,12 @@ class Journal:
         return audit.pending_event(kind=kind, actor=self.actor, run=self.run, data=data, trace_id=trace_id,
                                    trusted=trusted)
 
-    def defer(self, event: dict[str, Any]) -> None:
+    def defer(self, event: dict[str, Any], *, op: CursorOp | None = None) -> None:
+        """Write ``event`` (and ``op``, a statement that records no external effect) with the run's next
+        transaction."""
         self._events.append(event)
+        if op is not None:
+            self._ops.append(op)
 
     def step_started(self, *, task_id: str, node: str) -> None:
         """Note that a task began (idempotent: the executor and the gate may both see it first)."""

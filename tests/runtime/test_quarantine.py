@@ -194,6 +194,15 @@ async def test_twenty_concurrent_decisions_on_one_record_are_taken_once(importin
     assert len(trail) == 1 and trail[0].actor == decided.decided_by
 
 
+async def test_a_clean_batch_screened_again_after_an_approval_is_screened_once(importing: Steward) -> None:
+    run = await imported(importing, [GOOD], approve=True)
+    [approval] = await importing.db.run(lambda s: list_approvals(session=s, run_id=run.id))
+    await decide(importing, approval_id=approval.id, decision="approve", actor="bob")
+    run = await importing.executor.drive(run.id)
+    assert run.status == RunStatus.succeeded and run.output["imported"] == ["ann@acme.io"]
+    assert (await kinds(importing, run_id=run.id)).count("records.screened") == 1
+
+
 async def test_a_step_run_again_after_an_approval_files_nothing_twice(importing: Steward) -> None:
     run = await imported(importing, [GOOD, NO_COUNTRY], approve=True)
     assert run.status == RunStatus.waiting_approval
