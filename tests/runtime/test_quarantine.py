@@ -9,7 +9,6 @@ import asyncio
 import random
 import subprocess
 import sys
-import threading
 from typing import Any
 
 import pytest
