@@ -156,7 +156,8 @@ class Executor:
         self.policies = policies
         self.clock = clock  # what steps and policies see as now (tests fix it)
         self.models = {name: resolve_model(name, model) for name, model in (models or {}).items()}
-        self._workflow_models: dict[tuple[str, str], dict[str, Any]] = {}
+        # Made now, for every loaded version: a broken default model stops start-up, like a broken graph.
+        self._models = {(wf.name, wf.version): self._models_of(wf) for wf in registry}
         self.lease_seconds = lease_seconds
         self.concurrency = concurrency
         self.poll_seconds = poll_seconds
@@ -363,13 +364,9 @@ class Executor:
         return self._compiled[key]
 
     def _models_of(self, wf: Workflow) -> dict[str, Any]:
-        """The chat models a run of ``wf`` sees: the workflow's defaults (made once), the process's over them."""
-        key = (wf.name, wf.version)
-        if key not in self._workflow_models:
-            defaults = {name: resolve_model(name, model) for name, model in wf.models.items()
-                        if name not in self.models}
-            self._workflow_models[key] = {**defaults, **self.models}
-        return self._workflow_models[key]
+        """The chat models a run of ``wf`` sees: the workflow's defaults, the process's over them."""
+        defaults = {name: resolve_model(name, model) for name, model in wf.models.items() if name not in self.models}
+        return {**defaults, **self.models}
 
     async def _execute(self, run: Run, execution: Execution) -> Run:
         journal = execution.journal
@@ -413,7 +410,8 @@ class Executor:
                 gate = Gate(journal=journal, grants=wf.grants, step_span=step_span,
                             policies=await self.policies.get(run.policy_hash), clock=self.clock, checks=wf.checks)
                 context = StepContext(run_id=run.id, workflow=run.workflow, version=run.version, gate=gate,
-                                      connectors=self.connectors, clock=self.clock, models=self._models_of(wf))
+                                      connectors=self.connectors, clock=self.clock,
+                                      models=self._models[(wf.name, wf.version)])
                 values, interrupted = None, False
                 begun: dict[str, float] = {}  # task id -> when it started (for its duration)
                 async for mode, chunk in graph.astream(graph_input, config, context=context,

@@ -174,15 +174,22 @@ class PolicyRequest:
     resource: tuple[str, str]
     context: dict[str, Any] = field(default_factory=dict)
 
-    def cedar(self) -> dict[str, Any]:
-        """The request as cedarpy takes it; the context already as JSON text (cedarpy would otherwise
-        serialise it with the slower standard library on every call)."""
-        context = orjson.dumps(self.context).decode()  # encodable: Policies.evaluate digested it first
+    def context_json(self) -> str:
+        """The context as canonical JSON text: digested for the audit and handed to Cedar as it is (one
+        serialisation per decision); :class:`PolicyContextInvalid` when it is not JSON."""
+        try:
+            return orjson.dumps(self.context, option=orjson.OPT_SORT_KEYS).decode()
+        except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits, which Cedar has no type for
+            raise PolicyContextInvalid(f"the policy context for {self.action} cannot be encoded: {exc}",
+                                       details={"action": self.action, "errors": [str(exc)]}) from None
+
+    def cedar(self, context_json: str) -> dict[str, Any]:
+        """The request as cedarpy takes it, with the context as :meth:`context_json` made it."""
         return {
             "principal": {"type": "WorkflowVersion", "id": f"{self.workflow}@{self.version}"},
             "action": {"type": "Action", "id": self.action},
             "resource": {"type": self.resource[0], "id": str(self.resource[1])},
-            "context": context,
+            "context": context_json,
         }
 
 
@@ -248,8 +255,7 @@ class Policies:
             if statement.escalates:
                 policy_json[pid] = {**policy_json[pid], "effect": "permit"}
         self._policy_json = policy_json
-        self._set = _policy_set(policy_json)
-        self._sets: dict[str, cedarpy.PolicySet] = {}
+        self._sets: dict[str, cedarpy.PolicySet] = {}  # by action: see _set_for
 
     def _set_for(self, action: str) -> cedarpy.PolicySet:
         """The statements that can apply to ``action``, as their own set (made on first use): a
@@ -271,23 +277,20 @@ class Policies:
 
         A decision is a function of the set and the request alone, so the last few thousand are kept:
         the same request (every read with its empty context, a step that runs again) is not asked twice."""
-        try:
-            context_digest = audit.digest(request.context)
-        except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits, which Cedar has no type for
-            raise PolicyContextInvalid(f"the policy context for {request.action} cannot be encoded: {exc}",
-                                       details={"action": request.action, "errors": [str(exc)]}) from None
+        context_json = request.context_json()
+        context_digest = audit.sha256(context_json)
         key = (request.workflow, request.version, request.action, request.resource, context_digest)
         found = self._decided.get(key)
         if found is not None:
             return found
-        decision = self._evaluate(request, context_digest)
+        decision = self._evaluate(request, context_json, context_digest)
         if len(self._decided) >= DECISIONS_KEPT:
             self._decided.clear()
         self._decided[key] = decision
         return decision
 
-    def _evaluate(self, request: PolicyRequest, context_digest: str) -> PolicyDecision:
-        cedar = request.cedar()
+    def _evaluate(self, request: PolicyRequest, context_json: str, context_digest: str) -> PolicyDecision:
+        cedar = request.cedar(context_json)
         entities = _principal(request.workflow, request.version)
         result = cedarpy.is_authorized(cedar, self._set_for(request.action), entities, self.schema)
         decide = functools.partial(self._decision, request.action, context_digest)

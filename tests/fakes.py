@@ -48,10 +48,11 @@ class Empty(BaseModel):
 OWNER = Owner(name="Test Owner", email="owner@example.com")
 
 
-def single_node_workflow(name: str, node, *, grants: set[str], state: type = dict) -> Workflow:
+def single_node_workflow(name: str, node, *, grants: set[str], state: type = dict,
+                         retry_policy: Any = None) -> Workflow:
     def build() -> StateGraph:
         graph = StateGraph(state, context_schema=StepContext)
-        graph.add_node("work", node)
+        graph.add_node("work", node, retry_policy=retry_policy)
         graph.add_edge(START, "work")
         graph.add_edge("work", END)
         return graph

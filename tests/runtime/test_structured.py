@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import HumanMessage
-from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy
 from pydantic import BaseModel
 
@@ -18,8 +17,8 @@ from approvals.store import list_approvals
 from runtime.models import RunStatus
 from runtime.service import Steward
 from runtime.structured import parse
-from runtime import StepContext, Workflow
-from tests.fakes import OWNER, Empty, ScriptedChatModel
+from runtime import Workflow
+from tests.fakes import ScriptedChatModel, single_node_workflow
 
 
 class Verdict(BaseModel):
@@ -51,16 +50,8 @@ def asking(model: ScriptedChatModel, *, approve_after: bool = False, fail_first_
 
 
 def workflow_of(work, *, retry: bool = False) -> Workflow:
-    def build() -> StateGraph:
-        graph = StateGraph(dict, context_schema=StepContext)
-        policy = RetryPolicy(max_attempts=2, initial_interval=0.01, retry_on=ConnectionError) if retry else None
-        graph.add_node("work", work, retry_policy=policy)
-        graph.add_edge(START, "work")
-        graph.add_edge("work", END)
-        return graph
-
-    return Workflow(name="asks_model", version="1.0.0", owner=OWNER, description="asks a model",
-                    input_model=Empty, build=build)
+    policy = RetryPolicy(max_attempts=2, initial_interval=0.01, retry_on=ConnectionError) if retry else None
+    return single_node_workflow("asks_model", work, grants=set(), retry_policy=policy)
 
 
 async def drive(steward: Steward) -> Any:
