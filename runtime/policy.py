@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_UP, Decimal, InvalidOperation
 from pathlib import Path
@@ -243,6 +243,14 @@ class Policies:
                     continue
                 self.statements[statement.id] = statement
                 policy_json[statement.id] = as_json
+        if self.schema is not None:
+            try:  # the principal every request names: refused here, it would be refused by every request
+                cedarpy.Entities.from_json_str(_principal_json("workflow", "1.0.0"), self.schema)
+            except ValueError as exc:
+                message = ("schema: Steward's principal is `WorkflowVersion` (\"name@version\", no required "
+                           "attributes) in `Workflow`; declare `entity Workflow;` and `entity WorkflowVersion in "
+                           f"[Workflow];` ({exc})")
+                problems.append(Problem(*_where(documents.schemas, "`WorkflowVersion`"), message))
         if problems:
             raise PolicyLoadError(
                 f"{problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
@@ -257,7 +265,6 @@ class Policies:
         self._policy_json = policy_json
         self._sets: dict[str, cedarpy.PolicySet] = {}  # by action: see _set_for
         self._principals: dict[tuple[str, str], cedarpy.Entities] = {}
-        self._proven: set[tuple[Any, ...]] = set()  # see _evaluate
 
     def _set_for(self, action: str) -> cedarpy.PolicySet:
         """The statements that can apply to ``action``, as their own set (made on first use): a
@@ -292,7 +299,10 @@ class Policies:
         return decision
 
     def _evaluate(self, request: PolicyRequest, context_json: str, context_digest: str) -> PolicyDecision:
-        result = self._authorize(request, context_json)
+        # With the schema: Cedar validates the request (the principal and resource types the action
+        # applies to, the context's declared attributes and types) and reads the context through it.
+        result = cedarpy.is_authorized(request.cedar(context_json), self._set_for(request.action),
+                                       self._principal(request.workflow, request.version), self.schema)
         decide = functools.partial(self._decision, request.action, context_digest)
         if result.decision is cedarpy.Decision.NoDecision:
             errors = result.diagnostics.errors
@@ -314,38 +324,6 @@ class Policies:
         return decide("escalate", tuple(s.id for s in escalations),
                       roles=tuple(sorted({s.escalate for s in escalations if s.escalate})),
                       approvals=max(s.approvals for s in escalations))
-
-    def _authorize(self, request: PolicyRequest, context_json: str) -> cedarpy.AuthzResult:
-        """Cedar's answer, without the schema where that is proven to mean the same.
-
-        With a schema, Cedar first validates the request (the principal and resource types the action
-        applies to, the context's declared attributes and types) and reads the context through it (a
-        bare string where a ``decimal`` is declared becomes a decimal). Both depend only on the
-        request's *shape*: the action, the resource type, and each context value's type as it stands
-        in the JSON (:func:`_shape`). So the first request of each shape is asked with the schema and,
-        if it fits, once more with every string replaced by one that no extension type or entity can
-        parse: when that fits too, every string of the shape is declared a ``String``, nothing in it is
-        read differently with or without the schema, and the next requests of the shape skip the
-        schema's work. Anything else (floats, a misfit, an action the schema does not declare) always
-        goes through the schema, which also words the error."""
-        policy_set = self._set_for(request.action)
-        entities = self._principal(request.workflow, request.version)
-        cedar = request.cedar(context_json)
-        shape = _shape(request.context)
-        key = (request.action, request.resource[0], shape)
-        if shape is not None and key in self._proven:
-            result = cedarpy.is_authorized(cedar, policy_set, entities, None)
-            if result.decision is not cedarpy.Decision.NoDecision:
-                return result
-        result = cedarpy.is_authorized(cedar, policy_set, entities, self.schema)
-        if shape is not None and result.decision is not cedarpy.Decision.NoDecision:
-            probe = request.cedar(orjson.dumps(_strings_replaced(request.context)).decode())
-            if cedarpy.is_authorized(probe, policy_set, entities, self.schema).decision \
-                    is not cedarpy.Decision.NoDecision:
-                if len(self._proven) >= DECISIONS_KEPT:
-                    self._proven.clear()
-                self._proven.add(key)
-        return result
 
     def _principal(self, workflow: str, version: str) -> cedarpy.Entities:
         """The principal's entity (a workflow version, member of its workflow), with the schema's action
@@ -386,54 +364,19 @@ def _default_deny(request: PolicyRequest) -> tuple[str]:
     return (f"no policy permits {request.action} for {request.workflow} {request.version} (default deny)",)
 
 
-def _principal(workflow: str, version: str, schema: cedarpy.Schema | None) -> cedarpy.Entities:
-    text = json.dumps([
+def _principal_json(workflow: str, version: str) -> str:
+    return json.dumps([
         {"uid": {"type": "WorkflowVersion", "id": f"{workflow}@{version}"}, "attrs": {},
          "parents": [{"type": "Workflow", "id": workflow}]},
         {"uid": {"type": "Workflow", "id": workflow}, "attrs": {}, "parents": []},
     ])
+
+
+def _principal(workflow: str, version: str, schema: cedarpy.Schema | None) -> cedarpy.Entities:
     try:
-        return cedarpy.Entities.from_json_str(text, schema)
-    except ValueError:  # a schema without these principals: every request is refused by it, with its reason
-        return cedarpy.Entities.from_json_str(text)
-
-
-# A string no Cedar extension constructor (decimal, ipaddr, datetime, duration) or entity type accepts.
-_NOT_A_LITERAL = "\u0000steward: not a literal"
-
-
-def _shape(value: Any) -> Hashable | None:
-    """The Cedar type a context value has on its face in JSON, or None when only a schema could say
-    (a float; anything JSON has no unique reading of)."""
-    if value is True or value is False:
-        return "Bool"
-    if isinstance(value, int):
-        return "Long"
-    if isinstance(value, str):
-        return "String"
-    if isinstance(value, list):
-        shapes = frozenset(_shape(v) for v in value)
-        return None if None in shapes else ("Set", shapes)
-    if isinstance(value, dict):
-        if len(value) == 1 and ("__extn" in value or "__entity" in value):
-            (escape, inner), = value.items()
-            tag = inner.get("fn" if escape == "__extn" else "type") if isinstance(inner, dict) else None
-            return (escape, tag) if isinstance(tag, str) else None
-        shapes = tuple(sorted((k, _shape(v)) for k, v in value.items()))
-        return None if any(s is None for _, s in shapes) else ("Record", shapes)
-    return None
-
-
-def _strings_replaced(value: Any) -> Any:
-    """``value`` with each string that stands as a value (not inside an ``__extn``/``__entity`` escape)
-    replaced by one that only a ``String`` attribute accepts."""
-    if isinstance(value, str):
-        return _NOT_A_LITERAL
-    if isinstance(value, list):
-        return [_strings_replaced(v) for v in value]
-    if isinstance(value, dict) and not (len(value) == 1 and ("__extn" in value or "__entity" in value)):
-        return {k: _strings_replaced(v) for k, v in value.items()}
-    return value
+        return cedarpy.Entities.from_json_str(_principal_json(workflow, version), schema)
+    except ValueError as exc:  # the schema is checked for this at load (see Policies): a bug if it happens
+        raise PolicyContextInvalid(f"the principal {workflow}@{version} does not fit the policy schema: {exc}") from None
 
 
 def _schema(schemas: dict[str, str], problems: list[Problem]) -> cedarpy.Schema | None:
