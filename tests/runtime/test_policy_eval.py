@@ -1,5 +1,5 @@
 """The evaluator on its own: a decision never depends on how a context value is written (explicit decimal
-or a bare string the schema reads as one) or on what was decided before it; misfits and malformed escapes
+``{"__extn": ...}`` or its text, which the schema reads as one) or on what was decided before it; misfits and malformed escapes
 are refused however often well-formed requests of the same action came first; ``action in`` a group sees
 the schema's action hierarchy, and a schema that cannot name Steward's principal is refused at load."""
 
@@ -44,7 +44,7 @@ def set_price(change: Decimal, *, bare: frozenset[str] = frozenset(), compensati
               "abs_change_pct": abs(change)}
     context: dict[str, object] = {"currency": "EUR", "compensating": compensating}
     for name, value in values.items():
-        context[name] = f"{value:.4f}" if name in bare else cedar_decimal(value)
+        context[name] = cedar_decimal(value) if name in bare else {"__extn": {"fn": "decimal", "arg": f"{value:.4f}"}}
     context.update(overrides)
     return PolicyRequest(workflow="price_change", version="1.1.0", action="pricing.set_price",
                          resource=("Sku", "SKU-1001"), context=context)
@@ -68,7 +68,7 @@ def test_a_decision_is_the_same_however_the_context_is_written_and_whatever_came
     {"abs_change_pct": 12},                          # a Long where a decimal is declared
     {"abs_change_pct": "not a number"},              # a string that is no decimal
     {"compensating": "false"},                       # a String where a Bool is declared
-    {"currency": cedar_decimal("1")},                # a decimal where a String is declared
+    {"currency": {"__extn": {"fn": "decimal", "arg": "1.0"}}},  # a decimal where a String is declared
     {"extra": True},                                 # an attribute the schema does not declare
     {"abs_change_pct": 12.5},                        # a float: JSON has it, Cedar does not
 ])

@@ -126,7 +126,7 @@ def test_evaluate_explains_a_hypothetical_action_without_calling_it(client, sand
     assert (body["outcome"], body["roles"], body["approvals"]) == ("escalate", ["pricing_manager"], 2)
     assert body["policies"] == ["pricing.change_over_10_pct", "pricing.change_over_25_pct"]
     assert any("25 %" in reason for reason in body["reasons"])
-    assert body["context"]["current_amount"] == {"__extn": {"fn": "decimal", "arg": "100.0000"}}
+    assert body["context"]["current_amount"] == "100.0000"
     assert sandbox.state.sandbox.prices[("SKU-1001", "EUR")]["amount"] == "100.00", "nothing was called"
 
     denied = client.post("/api/v1/policy/evaluate", headers=OPERATOR, json={
