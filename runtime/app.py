@@ -121,7 +121,8 @@ def create_app(
     problems.install(app)
     setup_tracing()
     # Every HTTP request is a server span (W3C traceparent honoured); probes and scrapes are not traced.
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+    # The ASGI messages of a request (receive, send) are not spans of their own: one span per request.
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics", exclude_spans=["receive", "send"])
     app.state.tokens = TokenCache(seconds=settings.token_cache_seconds)
 
     @app.get("/healthz", tags=["health"], operation_id="health-live", summary="Liveness: the process answers")

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import secrets
 from collections.abc import Collection, Sequence
@@ -68,16 +70,13 @@ def list_runs(
     return session.scalars(query).all()
 
 
-def get_run_detail(*, session: Session, run_id: str, pending: Any) -> tuple[Run, list[dict[str, Any]], list[str]]:
-    """A run, its steps in the order they started and its undecided approval requests' ids, oldest
-    first, in one query; ``pending`` is the approval port's ``pending_column``."""
+def get_run_detail(*, session: Session, run_id: str, pending: Any) -> dict[str, Any]:
+    """A run's columns with ``steps`` (in the order they started) and ``pending_approval_ids`` (its
+    undecided approval requests, oldest first), in one query; ``pending`` is the approval port's
+    ``pending_column``. Followed runs are read on every change, so the statement is built once."""
     postgres = session.get_bind().dialect.name == "postgresql"
-    steps = (select(json_rows(postgres=postgres, node=RunStep.node, task_id=RunStep.task_id, status=RunStep.status,
-                              error=RunStep.error, started_at=RunStep.started_at, finished_at=RunStep.finished_at))
-             .where(RunStep.run_id == _RUNS.c.id).scalar_subquery())
-    query = select(*_RUNS.c, steps.label("steward_steps"), pending(_RUNS.c.id, postgres=postgres).label(
-        "steward_pending")).where(_RUNS.c.id == run_id)
-    row = session.connection().execute(query).first()
+    query = _detail_query(pending, postgres)
+    row = session.connection().execute(query, {"run_id": run_id}).first()
     if row is None:
         raise RunNotFound(f"no run with id {run_id!r}")
     fields = dict(row._mapping)
@@ -85,9 +84,19 @@ def get_run_detail(*, session: Session, run_id: str, pending: Any) -> tuple[Run,
     for step in step_rows:
         step["started_at"], step["finished_at"] = parse_time(step["started_at"]), parse_time(step["finished_at"])
     step_rows.sort(key=lambda step: (step["started_at"], step["task_id"]))
-    ids = [approval_id for _, approval_id in sorted((parse_time(at), i) for at, i in
-                                                      ((p["created_at"], p["id"]) for p in pending_rows))]
-    return Run(**fields), step_rows, ids
+    fields["steps"] = step_rows
+    fields["pending_approval_ids"] = [approval_id for _, approval_id in sorted(
+        (parse_time(at), i) for at, i in ((p["created_at"], p["id"]) for p in pending_rows))]
+    return fields
+
+
+@functools.lru_cache(maxsize=8)
+def _detail_query(pending: Any, postgres: bool) -> Any:
+    steps = (select(json_rows(postgres=postgres, node=RunStep.node, task_id=RunStep.task_id, status=RunStep.status,
+                              error=RunStep.error, started_at=RunStep.started_at, finished_at=RunStep.finished_at))
+             .where(RunStep.run_id == _RUNS.c.id).scalar_subquery())
+    return select(*_RUNS.c, steps.label("steward_steps"), pending(_RUNS.c.id, postgres=postgres).label(
+        "steward_pending")).where(_RUNS.c.id == bindparam("run_id"))
 
 
 def active_run_counts(*, session: Session) -> dict[tuple[str, str, str], int]:
