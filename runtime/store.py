@@ -17,7 +17,7 @@ from sqlalchemy import and_, bindparam, delete, false, func, or_, select, text, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from runtime.db import json_rows, parse_json_rows, parse_time
+from runtime.db import RawSql, json_rows, parse_json_rows, parse_time
 from runtime.errors import RunNotFound, TokenNotFound, Unauthorized
 from runtime.journal import Recorded
 from runtime.models import (
@@ -88,6 +88,15 @@ def get_run_detail(*, session: Session, run_id: str, pending: Any) -> dict[str, 
     fields["pending_approval_ids"] = [approval_id for _, approval_id in sorted(
         (parse_time(at), i) for at, i in ((p["created_at"], p["id"]) for p in pending_rows))]
     return fields
+
+
+def run_status(cursor: Any, *, raw: RawSql, run_id: str) -> RunStatus:
+    """A run's status alone, on a raw cursor (``Database.read_cursor``): what a long-poll looks at."""
+    cursor.execute(raw.sql("SELECT status FROM runs WHERE id = ?"), (run_id,))
+    row = cursor.fetchone()
+    if row is None:
+        raise RunNotFound(f"no run with id {run_id!r}")
+    return RunStatus(row[0])
 
 
 @functools.lru_cache(maxsize=8)

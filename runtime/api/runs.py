@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from datetime import datetime
 from collections.abc import AsyncIterator
@@ -110,15 +111,26 @@ async def get_run(
                 return False
             return status not in until if until else status == baseline
 
-        while waiting(detail.status):
+        status, looked = detail.status, False
+        while waiting(status):
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 break
             await steward.changes.wait(changed, timeout=left)  # or a fallback look, every second at most
             if await request.is_disconnected():  # nobody waits for the answer any more
+                looked = False
                 break
             await still_authorised(request)  # a token revoked meanwhile ends the wait (401)
             changed.clear()  # before the read: a change committed after this sets it again
+            # A run changes several times a step (its steps, its audit): look at its status alone until
+            # it is one to answer with, then read the whole run (and go on if it moved on meanwhile).
+            status = await steward.db.read_cursor(
+                functools.partial(store.run_status, raw=steward.db.raw, run_id=run_id))
+            looked = waiting(status)
+            if not looked:
+                detail = await run_detail(steward, run_id)
+                status = detail.status
+        if looked:  # the wait ran out: the run as it stands now, its steps too
             detail = await run_detail(steward, run_id)
     return _answer(detail)
 
