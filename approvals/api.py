@@ -52,9 +52,10 @@ async def get_approval(approval_id: str, steward: StewardDep, _: UserDep) -> App
 
 
 @router.post("/{approval_id}/decision", response_model=ApprovalPublic, operation_id="approvals-decide",
-             responses=errors(401, 404, 409), summary="Approve or reject")
+             responses=errors(401, 403, 404, 409), summary="Approve or reject")
 async def decide(approval_id: str, body: DecisionCreate, steward: StewardDep, user: UserDep) -> ApprovalPublic:
-    """Record the caller's decision; the run resumes with it. Deciding twice answers 409."""
+    """Record the caller's decision; the run resumes with it. Deciding twice, or on arguments other than
+    the request's now (`arguments_hash`), answers 409; approving a run you started answers 403."""
     approval = await service.decide(steward, approval_id=approval_id, decision=body.decision, actor=user,
-                                    comment=body.comment)
+                                    comment=body.comment, arguments_hash=body.arguments_hash)
     return ApprovalPublic.model_validate(approval)

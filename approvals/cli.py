@@ -56,6 +56,8 @@ def approvals_decide(
     approval_id: str,
     decision: Annotated[str, typer.Argument(help="approve or reject")],
     comment: Annotated[str, typer.Option(help="Why")] = "",
+    arguments_hash: Annotated[str | None, typer.Option(
+        help="The request's arguments_hash as you read it (see `approvals show`): refused if they changed since")] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the run until it pauses or ends")] = True,
     timeout: Timeout = 600.0,
     output: OutputOption = Output.json,
@@ -66,7 +68,8 @@ def approvals_decide(
 
     def go(api: Any) -> dict[str, Any]:
         approval = api.post(f"/api/v1/approvals/{approval_id}/decision",
-                            {"decision": decision, **({"comment": comment} if comment else {})})
+                            {"decision": decision, **({"comment": comment} if comment else {}),
+                             **({"arguments_hash": arguments_hash} if arguments_hash else {})})
         if not wait:
             return approval
         return follow(api, api.get(f"/api/v1/runs/{approval['run_id']}"), timeout=timeout)

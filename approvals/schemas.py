@@ -44,3 +44,6 @@ class DecisionCreate(BaseModel):
 
     decision: Literal["approve", "reject"]
     comment: str = Field("", max_length=4000)
+    arguments_hash: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description=(
+        "The `arguments_hash` of the request as you were shown it: if its arguments changed since, the "
+        "decision is refused (409) instead of applying to something you did not see"))

@@ -8,6 +8,8 @@
     │   ├── ApprovalNotFound
     │   └── TokenNotFound
     ├── Unauthorized                401  missing or unknown bearer token
+    ├── Forbidden                   403  the caller is known but may not do this (audited)
+    │   └── SeparationOfDuties           the person who started a run may not approve it
     ├── Conflict                    409  the request fits no longer (already decided, finished ...)
     ├── WorkflowDefinitionError     500  a workflow module is malformed (raised at construction)
     │   └── WorkflowCodeChanged          a version's code changed after runs started on it (start-up refused)
@@ -90,6 +92,15 @@ class TokenNotFound(NotFound):
 class Unauthorized(StewardError):
     code = "unauthorized"
     status_code = 401
+
+
+class Forbidden(StewardError):
+    code = "forbidden"
+    status_code = 403
+
+
+class SeparationOfDuties(Forbidden):
+    code = "sod_violation"
 
 
 class Conflict(StewardError):

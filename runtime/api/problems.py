@@ -68,6 +68,7 @@ class Problem(BaseModel):
 
 _DESCRIPTIONS = {
     401: "Missing or unknown bearer token",
+    403: "The caller may not do this (the refusal is audited)",
     404: "No such resource",
     409: "The request no longer fits the resource's state",
     422: "The request is invalid; `errors` names each bad field",

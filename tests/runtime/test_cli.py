@@ -38,8 +38,13 @@ def test_price_change_from_the_cli_records_each_tokens_user(serve) -> None:
     [pending] = as_json(steward(env, "approvals", "list", "--output", "json"))
     assert pending["id"] == run["pending_approval_ids"][0]
 
+    own = steward(env, "approvals", "decide", pending["id"], "approve")  # the operator started the run
+    assert own.returncode == 2 and "may not approve" in own.stderr and len(own.stderr.splitlines()) == 1, own.stderr
     approver = {**env, "STEWARD_TOKEN": APPROVER}
-    decided = as_json(steward(approver, "approvals", "decide", pending["id"], "approve", "--comment", "margin ok"))
+    stale = steward(approver, "approvals", "decide", pending["id"], "approve", "--arguments-hash", "0" * 64)
+    assert stale.returncode == 2 and "no longer proposes the arguments" in stale.stderr, stale.stderr
+    decided = as_json(steward(approver, "approvals", "decide", pending["id"], "approve", "--comment", "margin ok",
+                              "--arguments-hash", pending["arguments_hash"]))
     assert decided["status"] == "succeeded"
     shown = as_json(steward(env, "approvals", "show", pending["id"], "--output", "json"))
     assert shown["decided_by"] == "demo.approver", "the decision is recorded as the token's user"
