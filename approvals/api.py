@@ -15,7 +15,7 @@ from approvals.models import ApprovalStatus
 from approvals.schemas import ApprovalPage, ApprovalPublic, DecisionCreate
 from approvals.store import get_approval as get_one
 from approvals.store import list_approvals as list_some
-from runtime.api.deps import NO_NUL, StewardDep, UserDep
+from runtime.api.deps import NO_NUL, ApprovalsDecide, ApprovalsRead, StewardDep
 from runtime.api.problems import errors
 from runtime.api.paging import CursorQuery, Pages
 from runtime.api.responses import json_body
@@ -27,11 +27,11 @@ PAGES = Pages("approvals", ApprovalPublic, ApprovalPage, key=lambda approval: [a
               key_types=[datetime, str])
 
 
-@router.get("", response_model=ApprovalPage, operation_id="approvals-list", responses=errors(401),
+@router.get("", response_model=ApprovalPage, operation_id="approvals-list", responses=errors(401, 403),
             summary="Approval requests, oldest first, a page at a time")
 async def list_approvals(
     steward: StewardDep,
-    _: UserDep,
+    _: ApprovalsRead,
     status: ApprovalStatus | None = None,
     run_id: Annotated[str | None, Query(max_length=32, pattern=NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -45,15 +45,15 @@ async def list_approvals(
 
 
 @router.get("/{approval_id}", response_model=ApprovalPublic, operation_id="approvals-get",
-            responses=errors(401, 404), summary="One approval request")
-async def get_approval(approval_id: str, steward: StewardDep, _: UserDep) -> ApprovalPublic:
+            responses=errors(401, 403, 404), summary="One approval request")
+async def get_approval(approval_id: str, steward: StewardDep, _: ApprovalsRead) -> ApprovalPublic:
     approval = await steward.db.run(lambda s: get_one(session=s, approval_id=approval_id), read_only=True)
     return ApprovalPublic.model_validate(approval)
 
 
 @router.post("/{approval_id}/decision", response_model=ApprovalPublic, operation_id="approvals-decide",
              responses=errors(401, 403, 404, 409), summary="Approve or reject")
-async def decide(approval_id: str, body: DecisionCreate, steward: StewardDep, user: UserDep) -> ApprovalPublic:
+async def decide(approval_id: str, body: DecisionCreate, steward: StewardDep, user: ApprovalsDecide) -> ApprovalPublic:
     """Record the caller's decision; the run resumes with it. Deciding twice, or on arguments other than
     the request's now (`arguments_hash`), answers 409; approving a run you started answers 403."""
     approval = await service.decide(steward, approval_id=approval_id, decision=body.decision, actor=user,

@@ -32,13 +32,22 @@ from runtime.service import open_steward, schema_head, schema_revision
 from runtime.settings import SANDBOX_TOKEN, Settings
 from runtime.telemetry import setup_tracing
 
-DEMO_TOKENS = {"demo.operator": "steward-demo-operator", "demo.approver": "steward-demo-approver"}
+_READ = ("runs:read", "approvals:read", "workflows:read", "policy:read")
+# Demo mode's well-known tokens, one per kind of user: (user, token, scopes). Marked as demo tokens, so a
+# server outside demo mode refuses them, also in a database that was first created in demo mode.
+DEMO_TOKENS = (
+    ("demo.operator", "steward-demo-operator",
+     (*_READ, "runs:write", "audit:read", "quarantine:read", "quarantine:write")),
+    ("demo.approver", "steward-demo-approver", (*_READ, "approvals:decide")),
+    ("demo.approver2", "steward-demo-approver-2", (*_READ, "approvals:decide")),
+    ("demo.compliance", "steward-demo-compliance", (*_READ, "audit:read", "quarantine:read")),
+)
 
 
 async def seed_demo_tokens(steward: Any) -> None:
     def seed(session: Any) -> None:
-        for user, plain in DEMO_TOKENS.items():
-            store.store_token(session=session, user=user, plain=plain)
+        for user, plain, scopes in DEMO_TOKENS:
+            store.store_token(session=session, user=user, plain=plain, scopes=scopes, demo=True)
 
     await steward.db.run(seed)
 

@@ -318,10 +318,9 @@ def serve(
     typer.echo(f"Steward on {url}  (API {url}/api/v1, docs {url}/docs, sandbox {url}/sandbox)")
     typer.echo(f"database: {config.database_url}")
     if config.demo:
-        for user, token in DEMO_TOKENS.items():
-            typer.echo(f"demo token for {user}: {token}")
-        typer.echo(f"try: export STEWARD_URL={url} STEWARD_TOKEN={DEMO_TOKENS['demo.operator']}; "
-                   "steward workflows list")
+        for user, token, scopes in DEMO_TOKENS:
+            typer.echo(f"demo token for {user}: {token}  ({' '.join(scopes)})")
+        typer.echo(f"try: export STEWARD_URL={url} STEWARD_TOKEN={DEMO_TOKENS[0][1]}; steward workflows list")
     sys.stdout.flush()
     from runtime.logs import configure
 
@@ -479,18 +478,29 @@ def db_upgrade(
 
 
 @tokens_app.command("create")
-def tokens_create(user: Annotated[str, typer.Option(help="Whom the token belongs to (recorded as the actor)")]) -> None:
-    """Create an API token; it is shown once."""
-    from runtime import audit, store
+def tokens_create(
+    user: Annotated[str, typer.Option(help="Whom the token belongs to (recorded as the actor)")],
+    scope: Annotated[list[str], typer.Option(help=(
+        "What the token may do, repeated: runs:read runs:write approvals:read approvals:decide audit:read "
+        "quarantine:read quarantine:write policy:read workflows:read, or all"))] = [],  # noqa: B006 - typer's way
+) -> None:
+    """Create an API token carrying the scopes named; it is shown once."""
+    from runtime import audit, scopes, store
+    from runtime.errors import InputInvalid
 
     name = user.strip()
     if not name or len(name) > 200:
         fail("--user must name someone (1 to 200 characters)")
+    try:
+        granted = scopes.parse(scope)
+    except InputInvalid as exc:
+        fail(exc.message)
 
     def create(session: Any) -> str:
-        token, plain = store.create_token(session=session, user=name)
+        token, plain = store.create_token(session=session, user=name, scopes=granted)
         session.flush()
-        audit.append(session, kind="token.created", actor=admin(), data={"user": name, "token_id": token.id})
+        audit.append(session, kind="token.created", actor=admin(),
+                     data={"user": name, "token_id": token.id, "scopes": sorted(granted)})
         return plain
 
     typer.echo(local(create))
@@ -511,7 +521,9 @@ def tokens_list(
         return
     for row in rows:
         state = f"revoked {row['revoked_at'][:19]}" if row["revoked_at"] else "active"
-        typer.echo(f"{row['id']}  {row['user']:<24} created {row['created_at'][:19]}  {state}")
+        demo = "  (demo)" if row["demo"] else ""
+        typer.echo(f"{row['id']}  {row['user']:<24} created {row['created_at'][:19]}  {state}  "
+                   f"{' '.join(row['scopes'])}{demo}")
 
 
 @tokens_app.command("revoke")

@@ -213,6 +213,8 @@ class ApiToken(SQLModel, table=True):
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
     user: str = Field(index=True, max_length=200)
     token_hash: str = Field(unique=True, max_length=64)
+    scopes: list[str] = _json(list, description="What the token may do (runtime.scopes)")
+    demo: bool = Field(default=False, description="Seeded by demo mode: refused by a server outside demo mode")
     created_at: datetime = _ts()
     revoked_at: datetime | None = _ts_opt()
 

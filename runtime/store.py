@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from runtime.db import RawSql, json_rows, parse_json_rows, parse_time
 from runtime.errors import RunNotFound, TokenNotFound, Unauthorized
 from runtime.journal import Recorded
+from runtime.scopes import Principal
 from runtime.models import (
     ApiToken,
     AuditEvent,
@@ -442,20 +443,23 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(*, session: Session, user: str) -> tuple[ApiToken, str]:
-    """A new API token for ``user``; the plain token is returned once and stored only as a hash."""
+def create_token(*, session: Session, user: str, scopes: Collection[str]) -> tuple[ApiToken, str]:
+    """A new API token for ``user`` carrying ``scopes``; the plain token is returned once and stored
+    only as a hash."""
     plain = "stw_" + secrets.token_urlsafe(32)
-    token = ApiToken(user=user, token_hash=hash_token(plain))
+    token = ApiToken(user=user, token_hash=hash_token(plain), scopes=sorted(scopes))
     session.add(token)
     return token, plain
 
 
-def store_token(*, session: Session, user: str, plain: str) -> ApiToken:
-    """Register a token chosen by the caller (demo mode's well-known token)."""
+def store_token(*, session: Session, user: str, plain: str, scopes: Collection[str], demo: bool = False) -> ApiToken:
+    """Register a token chosen by the caller (demo mode's well-known tokens), or bring one registered
+    before up to date (its user, scopes and demo mark; a revoked one stays revoked)."""
     existing = session.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(plain))).first()
     if existing is not None:
+        existing.user, existing.scopes, existing.demo = user, sorted(scopes), demo
         return existing
-    token = ApiToken(user=user, token_hash=hash_token(plain))
+    token = ApiToken(user=user, token_hash=hash_token(plain), scopes=sorted(scopes), demo=demo)
     session.add(token)
     return token
 
@@ -478,11 +482,11 @@ def revoke_token(*, session: Session, token_id: str) -> ApiToken:
     return token
 
 
-def authenticate(*, session: Session, plain: str) -> str:
-    """The user a bearer token belongs to, or :class:`Unauthorized`."""
+def authenticate(*, session: Session, plain: str) -> Principal:
+    """Whom a bearer token belongs to and what it may do, or :class:`Unauthorized`."""
     query = select(ApiToken).where(ApiToken.token_hash == hash_token(plain), ApiToken.revoked_at.is_(None))
     token = session.scalars(query).first()
     if token is None:
         raise Unauthorized("the bearer token is unknown or revoked; create one with `steward tokens create`")
-    return token.user
+    return Principal(user=token.user, scopes=frozenset(token.scopes or ()), demo=token.demo, token_id=token.id)
 

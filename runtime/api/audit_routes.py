@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 
 from runtime import audit, store
-from runtime.api.deps import NO_NUL, StewardDep, UserDep
+from runtime.api.deps import NO_NUL, AuditRead, StewardDep
 from runtime.api.problems import errors
 from runtime.api.paging import MAX_INT_KEY, CursorQuery, Pages
 from runtime.api.responses import json_body
@@ -19,11 +19,11 @@ router = APIRouter(prefix="/audit", tags=["audit"])
 PAGES = Pages("audit", AuditEventPublic, AuditPage, key=lambda event: [event.seq], key_types=[int])
 
 
-@router.get("", response_model=AuditPage, operation_id="audit-list", responses=errors(401),
+@router.get("", response_model=AuditPage, operation_id="audit-list", responses=errors(401, 403),
             summary="Audit events in chain order, a page at a time")
 async def list_audit(
     steward: StewardDep,
-    _: UserDep,
+    _: AuditRead,
     run_id: Annotated[str | None, Query(max_length=32, pattern=NO_NUL)] = None,
     after_seq: Annotated[int, Query(ge=0, le=MAX_INT_KEY, description="Start after this sequence number")] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
@@ -39,7 +39,7 @@ async def list_audit(
     return json_body(body)
 
 
-@router.get("/verify", operation_id="audit-verify", responses=errors(401),
+@router.get("/verify", operation_id="audit-verify", responses=errors(401, 403),
             summary="Recompute the hash chain; name the first broken event")
-async def verify(steward: StewardDep, _: UserDep) -> dict[str, Any]:
+async def verify(steward: StewardDep, _: AuditRead) -> dict[str, Any]:
     return (await steward.db.run(audit.verify, read_only=True)).to_dict()

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from runtime import store
-from runtime.errors import InputInvalid, Unauthorized
+from runtime import audit, scopes, store
+from runtime.errors import Forbidden, InputInvalid, Unauthorized
+from runtime.scopes import Principal
 from runtime.service import Steward
 
 NO_NUL = r"^[^\x00]*$"  # declared on free-text query parameters: a NUL is refused (reject_unknown_query)
@@ -23,16 +24,16 @@ async def get_steward(request: Request) -> Steward:  # async: FastAPI runs a syn
 
 
 class TokenCache:
-    """Who a bearer token belongs to, remembered for ``seconds`` (at most a second by default): a client
+    """Whom a bearer token belongs to, remembered for ``seconds`` (at most a second by default): a client
     polling or following runs costs no query per request, and a revoked token stops working within
     ``seconds``. Only successful lookups are kept, by the token's hash (never the token)."""
 
     def __init__(self, *, seconds: float = 1.0, size: int = 10_000) -> None:
         self.seconds = seconds
         self.size = size
-        self._users: dict[str, tuple[str, float]] = {}
+        self._users: dict[str, tuple[Principal, float]] = {}
 
-    def get(self, digest: str) -> str | None:
+    def get(self, digest: str) -> Principal | None:
         hit = self._users.get(digest)
         if hit is None:
             return None
@@ -41,36 +42,63 @@ class TokenCache:
             return None
         return hit[0]
 
-    def put(self, digest: str, user: str, *, read_at: float) -> None:
-        """Remember ``user`` until ``seconds`` after ``read_at`` (when the lookup began: a lookup that
+    def put(self, digest: str, principal: Principal, *, read_at: float) -> None:
+        """Remember ``principal`` until ``seconds`` after ``read_at`` (when the lookup began: a lookup that
         waited its turn does not stretch a revoked token's life)."""
         now = time.monotonic()
         if len(self._users) >= self.size:  # drop what has expired, else everything: a bound, never a leak
             self._users = {k: v for k, v in self._users.items() if v[1] > now}
             if len(self._users) >= self.size:
                 self._users.clear()
-        self._users[digest] = (user, read_at + self.seconds)
+        self._users[digest] = (principal, read_at + self.seconds)
 
 
-async def user_of(request: Request, plain: str) -> str:
-    """Whom ``plain`` belongs to (cached up to a second), or :class:`Unauthorized`."""
+async def principal_of(request: Request, plain: str) -> Principal:
+    """Whom ``plain`` belongs to and what it may do (cached up to a second), or :class:`Unauthorized`;
+    demo mode's tokens work only while the server runs in demo mode."""
     cache: TokenCache = request.app.state.tokens
     digest = store.hash_token(plain)
-    user = cache.get(digest)
-    if user is None:
+    principal = cache.get(digest)
+    steward = request.app.state.steward
+    if principal is None:
         read_at = time.monotonic()
-        user = await request.app.state.steward.db.run(lambda s: store.authenticate(session=s, plain=plain),
-                                                 read_only=True)
-        cache.put(digest, user, read_at=read_at)
-    return user
+        principal = await steward.db.run(lambda s: store.authenticate(session=s, plain=plain), read_only=True)
+        cache.put(digest, principal, read_at=read_at)
+    if principal.demo and not steward.settings.demo:
+        raise Unauthorized("this is a demo token, and this server does not run in demo mode (STEWARD_DEMO); "
+                           "create a token with `steward tokens create`")
+    return principal
 
 
-async def current_user(
+async def current_principal(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> str:
+) -> Principal:
     if credentials is None:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
-    return await user_of(request, credentials.credentials)
+    return await principal_of(request, credentials.credentials)
+
+
+async def current_user(principal: Annotated[Principal, Depends(current_principal)]) -> str:
+    return principal.user
+
+
+def require(scope: str) -> Any:
+    """A dependency answering the caller's user when their token carries ``scope``; else 403, and the
+    refusal is audited (``authz.denied``: who, which scope, which operation)."""
+    if scope not in scopes.ALL:
+        raise ValueError(f"unknown scope {scope!r}")  # a programming error: caught when the routes are made
+
+    async def check(request: Request, principal: Annotated[Principal, Depends(current_principal)]) -> str:
+        if scope in principal.scopes:
+            return principal.user
+        data = {"scope": scope, "method": request.method, "path": request.url.path, "token_id": principal.token_id}
+        await request.app.state.steward.db.run(
+            lambda s: audit.append(s, kind="authz.denied", actor=principal.user, data=data))
+        raise Forbidden(f"this token of {principal.user} does not carry the scope {scope!r} that "
+                        f"{request.method} {request.url.path} needs; ask for a token with it",
+                        details={"scope": scope, "scopes": sorted(principal.scopes)})
+
+    return Depends(check)
 
 
 async def still_authorised(request: Request) -> None:
@@ -79,7 +107,7 @@ async def still_authorised(request: Request) -> None:
     scheme, _, plain = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not plain:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
-    await user_of(request, plain)
+    await principal_of(request, plain)
 
 
 async def reject_unknown_query(request: Request) -> None:  # async: no thread hop per request
@@ -121,3 +149,14 @@ def _query_names(route: APIRoute) -> frozenset[str]:
 
 StewardDep = Annotated[Steward, Depends(get_steward)]
 UserDep = Annotated[str, Depends(current_user)]
+
+# What each kind of operation needs (runtime.scopes): the caller's user when their token carries it.
+RunsRead = Annotated[str, require("runs:read")]
+RunsWrite = Annotated[str, require("runs:write")]
+ApprovalsRead = Annotated[str, require("approvals:read")]
+ApprovalsDecide = Annotated[str, require("approvals:decide")]
+AuditRead = Annotated[str, require("audit:read")]
+QuarantineRead = Annotated[str, require("quarantine:read")]
+QuarantineWrite = Annotated[str, require("quarantine:write")]
+PolicyRead = Annotated[str, require("policy:read")]
+WorkflowsRead = Annotated[str, require("workflows:read")]

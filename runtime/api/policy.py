@@ -14,7 +14,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime import store
-from runtime.api.deps import StewardDep, UserDep
+from runtime.api.deps import PolicyRead, StewardDep
 from runtime.api.problems import errors
 from runtime.errors import InputInvalid, PolicyContextInvalid
 from runtime.facts import Facts
@@ -60,8 +60,8 @@ class PolicyDecisionPublic(BaseModel):
 
 
 @router.post("/evaluate", response_model=PolicyDecisionPublic, operation_id="policy-evaluate",
-             responses=errors(401, 404, 422), summary="Evaluate a hypothetical action against the policies")
-async def evaluate(body: PolicyEvaluate, steward: StewardDep, _: UserDep) -> PolicyDecisionPublic:
+             responses=errors(401, 403, 404, 422), summary="Evaluate a hypothetical action against the policies")
+async def evaluate(body: PolicyEvaluate, steward: StewardDep, _: PolicyRead) -> PolicyDecisionPublic:
     """Nothing is called and nothing is counted: a rate counter is only looked at."""
     wf = steward.registry.get(body.workflow, body.version)  # 404 when not loaded
     if (body.arguments is None) == (body.context is None):

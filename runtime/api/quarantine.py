@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime.api.deps import NO_NUL, StewardDep, UserDep
+from runtime.api.deps import NO_NUL, QuarantineRead, QuarantineWrite, StewardDep
 from runtime.api.paging import CursorQuery, Page, Pages
 from runtime.api.problems import errors
 from runtime.api.responses import json_body
@@ -64,11 +64,11 @@ PAGES = Pages("quarantine", QuarantinePublic, QuarantinePage, key=lambda item: [
               key_types=[datetime, str])
 
 
-@router.get("", response_model=QuarantinePage, operation_id="quarantine-list", responses=errors(401),
+@router.get("", response_model=QuarantinePage, operation_id="quarantine-list", responses=errors(401, 403),
             summary="List quarantined records, newest first, a page at a time")
 async def list_items(
     steward: StewardDep,
-    _: UserDep,
+    _: QuarantineRead,
     status: QuarantineStatus | None = None,
     workflow: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,
     kind: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
@@ -84,14 +84,14 @@ async def list_items(
 
 
 @router.get("/{item_id}", response_model=QuarantinePublic, operation_id="quarantine-get",
-            responses=errors(401, 404), summary="One quarantined record with its reasons")
-async def get_item(item_id: str, steward: StewardDep, _: UserDep) -> QuarantinePublic:
+            responses=errors(401, 403, 404), summary="One quarantined record with its reasons")
+async def get_item(item_id: str, steward: StewardDep, _: QuarantineRead) -> QuarantinePublic:
     return QuarantinePublic.model_validate(await steward.quarantine.get(item_id=item_id))
 
 
 @router.post("/{item_id}/release", response_model=QuarantinePublic, operation_id="quarantine-release",
-             responses=errors(401, 404, 409), summary="Release a record: it passes its workflow's checks from now on")
-async def release_item(item_id: str, steward: StewardDep, user: UserDep,
+             responses=errors(401, 403, 404, 409), summary="Release a record: it passes its workflow's checks from now on")
+async def release_item(item_id: str, steward: StewardDep, user: QuarantineWrite,
                        body: QuarantineDecision | None = None) -> QuarantinePublic:
     """The record passes the workflow's screening for its kind from now on; when the kind declares
     ``resubmit``, a new run starts with the record as its input (``resubmitted_run_id``), in the same
@@ -103,8 +103,8 @@ async def release_item(item_id: str, steward: StewardDep, user: UserDep,
 
 
 @router.post("/{item_id}/drop", response_model=QuarantinePublic, operation_id="quarantine-drop",
-             responses=errors(401, 404, 409), summary="Drop a record: it is not processed, now or when seen again")
-async def drop_item(item_id: str, steward: StewardDep, user: UserDep,
+             responses=errors(401, 403, 404, 409), summary="Drop a record: it is not processed, now or when seen again")
+async def drop_item(item_id: str, steward: StewardDep, user: QuarantineWrite,
                     body: QuarantineDecision | None = None) -> QuarantinePublic:
     comment = body.comment if body is not None else ""
     return QuarantinePublic.model_validate(await steward.quarantine.drop(item_id=item_id, actor=user, comment=comment))

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from runtime import store
-from runtime.api.deps import NO_NUL, StewardDep, UserDep, still_authorised
+from runtime.api.deps import NO_NUL, RunsRead, RunsWrite, StewardDep, still_authorised
 from runtime.api.problems import errors
 from runtime.api.paging import CursorQuery, Pages
 from runtime.api.responses import json_body
@@ -35,11 +35,11 @@ EVENTS_DOC = (
 
 @router.post("", status_code=201, response_model=RunPublic, operation_id="runs-create", summary="Start a run",
              responses={200: {"model": RunPublic, "description": "The run a repeated Idempotency-Key started"},
-                        201: {"description": "The run was queued"}, **errors(401, 404, 409)})
+                        201: {"description": "The run was queued"}, **errors(401, 403, 404, 409)})
 async def create_run(
     body: RunCreate,
     steward: StewardDep,
-    user: UserDep,
+    user: RunsWrite,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> Response:
     """Validate the input against the workflow's model and queue a run, pinned to ``version`` or else to
@@ -55,11 +55,11 @@ async def create_run(
 PAGES = Pages("runs", RunPublic, RunPage, key=lambda run: [run.created_at, run.id], key_types=[datetime, str])
 
 
-@router.get("", response_model=RunPage, operation_id="runs-list", responses=errors(401),
+@router.get("", response_model=RunPage, operation_id="runs-list", responses=errors(401, 403),
             summary="List runs, newest first, a page at a time")
 async def list_runs(
     steward: StewardDep,
-    _: UserDep,
+    _: RunsRead,
     status: RunStatus | None = None,
     workflow: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -80,13 +80,13 @@ async def run_detail(steward: StewardDep, run_id: str) -> RunDetail:
     return RunDetail.model_validate({**fields, "pending_approval_id": ids[0] if ids else None})
 
 
-@router.get("/{run_id}", response_model=RunDetail, operation_id="runs-get", responses=errors(401, 404),
+@router.get("/{run_id}", response_model=RunDetail, operation_id="runs-get", responses=errors(401, 403, 404),
             summary="One run with its steps and pending approval; with `wait`, once its status changes")
 async def get_run(
     run_id: str,
     request: Request,
     steward: StewardDep,
-    _: UserDep,
+    _: RunsRead,
     wait: Annotated[float | None, Query(gt=0, le=MAX_WAIT, description=(
         "Long-poll: answer once the run's status is no longer `seen` (or it has ended), or after this "
         "many seconds with the run as it stands"))] = None,
@@ -143,9 +143,9 @@ def _answer(detail: RunDetail) -> Response:
 @router.get("/{run_id}/events", operation_id="runs-events", response_class=StreamingResponse,
             responses={200: {"description": EVENTS_DOC, "content": {"text/event-stream": {"schema": {
                 "type": "string"}}}}, 204: {"description": "The run had ended when the client reconnected"},
-                **errors(401, 404)},
+                **errors(401, 403, 404)},
             summary="Follow a run: its status changes and steps as Server-Sent Events")
-async def run_events(run_id: str, request: Request, steward: StewardDep, _: UserDep) -> Response:
+async def run_events(run_id: str, request: Request, steward: StewardDep, _: RunsRead) -> Response:
     detail = await run_detail(steward, run_id)  # 404 before the stream starts
     if request.headers.get("last-event-id") and detail.status in FINISHED:
         return Response(status_code=204)  # an EventSource reconnecting after the end: stop it reconnecting
@@ -194,8 +194,8 @@ def _event(kind: str, number: int, data: str) -> bytes:
 
 
 @router.post("/{run_id}/policy", response_model=RunDetail, operation_id="runs-pin-policy",
-             responses=errors(401, 404, 409, 422), summary="Re-pin a run to another policy set")
-async def pin_policy(run_id: str, body: PolicyPin, steward: StewardDep, user: UserDep) -> RunDetail:
+             responses=errors(401, 403, 404, 409, 422), summary="Re-pin a run to another policy set")
+async def pin_policy(run_id: str, body: PolicyPin, steward: StewardDep, user: RunsWrite) -> RunDetail:
     """A run keeps the policy set it started under; an operator may move it to another one this database
     has loaded (audited with the reason). An execution in progress takes it up at its next execution."""
     await steward.executor.pin_policy(run_id=run_id, policy_hash=body.policy_hash, actor=user, reason=body.reason)
@@ -203,7 +203,7 @@ async def pin_policy(run_id: str, body: PolicyPin, steward: StewardDep, user: Us
 
 
 @router.post("/{run_id}/cancel", response_model=RunDetail, operation_id="runs-cancel",
-             responses=errors(401, 404, 409), summary="Cancel a run that has not ended")
-async def cancel_run(run_id: str, steward: StewardDep, user: UserDep) -> RunDetail:
+             responses=errors(401, 403, 404, 409), summary="Cancel a run that has not ended")
+async def cancel_run(run_id: str, steward: StewardDep, user: RunsWrite) -> RunDetail:
     await steward.executor.cancel(run_id=run_id, actor=user)
     return await run_detail(steward, run_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from runtime.api.deps import StewardDep, UserDep
+from runtime.api.deps import StewardDep, WorkflowsRead
 from runtime.api.problems import errors
 from runtime.api.schemas import WorkflowPublic, WorkflowVersionPublic
 from runtime.sdk import Registry
@@ -25,17 +25,17 @@ def describe(registry: Registry, name: str) -> WorkflowPublic:
     )
 
 
-@router.get("", response_model=list[WorkflowPublic], operation_id="workflows-list", responses=errors(401),
+@router.get("", response_model=list[WorkflowPublic], operation_id="workflows-list", responses=errors(401, 403),
             summary="The workflows this server runs")
-async def list_workflows(steward: StewardDep, _: UserDep) -> list[WorkflowPublic]:
+async def list_workflows(steward: StewardDep, _: WorkflowsRead) -> list[WorkflowPublic]:
     """Each workflow with every loaded version, highest first: owner, description, grants and the JSON
     Schema its input must match (``POST /runs`` validates against it)."""
     registry = steward.registry
     return [describe(registry, name) for name in dict.fromkeys(name for name, _ in registry.keys())]
 
 
-@router.get("/{name}", response_model=WorkflowPublic, operation_id="workflows-get", responses=errors(401, 404),
+@router.get("/{name}", response_model=WorkflowPublic, operation_id="workflows-get", responses=errors(401, 403, 404),
             summary="One workflow with its loaded versions")
-async def get_workflow(name: str, steward: StewardDep, _: UserDep) -> WorkflowPublic:
+async def get_workflow(name: str, steward: StewardDep, _: WorkflowsRead) -> WorkflowPublic:
     steward.registry.get(name)  # 404 when no version of it is loaded
     return describe(steward.registry, name)

@@ -63,14 +63,20 @@ def waiting_over_http(client) -> dict[str, Any]:
 
 
 def test_a_token_that_started_the_run_cannot_approve_it_through_the_api(client) -> None:
-    run = waiting_over_http(client)
+    """Even a token that may both start runs and decide approvals never approves its own user's run."""
+    steward = client.app.state.steward
+    _, plain = steward.db.transaction(lambda s: store.create_token(
+        session=s, user="both.hands", scopes=["runs:read", "runs:write", "approvals:read", "approvals:decide"]))
+    both = {"Authorization": f"Bearer {plain}"}
+    created = client.post("/api/v1/runs", json={"workflow": "price_change", "input": PRICE_115}, headers=both).json()
+    run = client.get(f"/api/v1/runs/{created['id']}", params=[("wait", 30), ("until", "waiting_approval")],
+                     headers=both).json()
     url = f"/api/v1/approvals/{run['pending_approval_id']}/decision"
-    refused = client.post(url, json={"decision": "approve", "comment": "my own"}, headers=client.operator)
+    refused = client.post(url, json={"decision": "approve", "comment": "my own"}, headers=both)
     assert refused.status_code == 403 and refused.json()["code"] == "sod_violation", refused.text
-    assert client.get(f"/api/v1/approvals/{run['pending_approval_id']}",
-                      headers=client.operator).json()["status"] == "pending"
+    assert client.get(f"/api/v1/approvals/{run['pending_approval_id']}", headers=both).json()["status"] == "pending"
     audit = client.get("/api/v1/audit", params={"run_id": run["id"]}, headers=client.operator).json()["data"]
-    assert [e["actor"] for e in audit if e["kind"] == "approval.sod_violation"] == ["demo.operator"]
+    assert [e["actor"] for e in audit if e["kind"] == "approval.sod_violation"] == ["both.hands"]
     assert client.post(url, json={"decision": "approve", "comment": "ok"}, headers=client.approver).status_code == 200
 
 

@@ -38,8 +38,9 @@ def test_price_change_from_the_cli_records_each_tokens_user(serve) -> None:
     [pending] = as_json(steward(env, "approvals", "list", "--output", "json"))
     assert pending["id"] == run["pending_approval_ids"][0]
 
-    own = steward(env, "approvals", "decide", pending["id"], "approve")  # the operator started the run
-    assert own.returncode == 2 and "may not approve" in own.stderr and len(own.stderr.splitlines()) == 1, own.stderr
+    own = steward(env, "approvals", "decide", pending["id"], "approve")  # an operator's token decides nothing
+    assert own.returncode == 2 and "does not carry the scope 'approvals:decide'" in own.stderr, own.stderr
+    assert len(own.stderr.splitlines()) == 1, own.stderr
     approver = {**env, "STEWARD_TOKEN": APPROVER}
     stale = steward(approver, "approvals", "decide", pending["id"], "approve", "--arguments-hash", "0" * 64)
     assert stale.returncode == 2 and "no longer proposes the arguments" in stale.stderr, stale.stderr
@@ -125,13 +126,17 @@ def test_bad_input_exits_2_with_one_line(serve) -> None:
         (["run", "price_change", "--input", "@/does/not/exist.json"], "no such file"),
         (["run", "price_change", "--input", '{"items": [], "reason": ""}'], "input.items"),
         (["approvals", "decide", "abc", "maybe"], "decision must be approve or reject"),
-        (["approvals", "decide", "abc", "approve"], "no approval request with id 'abc'"),
+        (["approvals", "decide", "abc", "approve"], "does not carry the scope 'approvals:decide'"),
         (["runs", "show", "abc"], "no run with id 'abc'"),
         (["runs", "list", "--status", "asleep"], "asleep"),
         (["tokens", "revoke", "nope"], "no token with id 'nope'"),
+        (["tokens", "create", "--user", "x", "--scope", "everything"], "unknown scope(s) everything"),
     ]
-    for args, message in cases:
-        result = steward(env, *args)
+    approver = {**env, "STEWARD_TOKEN": APPROVER}
+    for token_env, args, message in [*((env, *case) for case in cases),
+                                     (approver, ["approvals", "decide", "abc", "approve"],
+                                      "no approval request with id 'abc'")]:
+        result = steward(token_env, *args)
         assert result.returncode == 2, (args, result.stderr)
         assert message in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -139,13 +144,20 @@ def test_bad_input_exits_2_with_one_line(serve) -> None:
 
 def test_tokens_are_created_listed_and_revoked_locally_and_the_server_stops_accepting_them(serve) -> None:
     env = serve()
-    token = steward(env, "tokens", "create", "--user", "ops.bot")
+    unscoped = steward(env, "tokens", "create", "--user", "ops.bot")
+    assert unscoped.returncode == 2 and "name the scopes" in unscoped.stderr, unscoped.stderr
+    unknown = steward(env, "tokens", "create", "--user", "ops.bot", "--scope", "runs:delete")
+    assert unknown.returncode == 2 and "unknown scope(s) runs:delete" in unknown.stderr, unknown.stderr
+    token = steward(env, "tokens", "create", "--user", "ops.bot", "--scope", "runs:read", "--scope", "runs:write")
     assert token.returncode == 0 and token.stdout.startswith("stw_")
     plain = token.stdout.strip()
     bot = {**env, "STEWARD_TOKEN": plain}
     assert as_json(steward(bot, "run", "price_change", "--input", json.dumps(PRICE_115)))["created_by"] == "ops.bot"
     [listed] = as_json(steward(env, "tokens", "list", "--user", "ops.bot", "--output", "json"))
     assert listed["user"] == "ops.bot" and listed["revoked_at"] is None and "token_hash" not in listed
+    assert listed["scopes"] == ["runs:read", "runs:write"] and listed["demo"] is False
+    refused = steward(bot, "approvals", "list")  # a scope the token lacks
+    assert refused.returncode == 2 and "does not carry the scope 'approvals:read'" in refused.stderr, refused.stderr
     assert plain not in steward(env, "tokens", "list").stdout
     revoked = steward(env, "tokens", "revoke", listed["id"])
     assert revoked.returncode == 0 and "ops.bot" in revoked.stdout
@@ -178,7 +190,8 @@ def test_tamper_detection(serve, cli_env) -> None:
 def test_local_commands_never_create_a_database(cli_env, tmp_path) -> None:
     missing = tmp_path / "elsewhere" / "nothing.db"
     env = {**cli_env, "STEWARD_DATABASE_URL": f"sqlite:///{missing}"}
-    for args in (["tokens", "create", "--user", "x"], ["tokens", "list"], ["audit", "verify"], ["db", "upgrade"]):
+    for args in (["tokens", "create", "--user", "x", "--scope", "all"], ["tokens", "list"], ["audit", "verify"],
+                 ["db", "upgrade"]):
         result = steward(env, *args)
         assert result.returncode == 2 and "no Steward database at" in result.stderr, (args, result.stderr)
         assert not missing.exists() and not missing.parent.exists()

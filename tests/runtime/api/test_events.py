@@ -230,7 +230,8 @@ def test_a_dropped_follower_leaves_no_watcher_behind(live_server) -> None:
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_token_lookups_are_cached_and_a_revoked_token_stops_within_a_second(client, monkeypatch) -> None:
     steward = client.app.state.steward
-    _, plain = steward.db.transaction(lambda s: store.create_token(session=s, user="cached.user"))
+    _, plain = steward.db.transaction(
+        lambda s: store.create_token(session=s, user="cached.user", scopes=["workflows:read"]))
     calls = []
     real = store.authenticate
     monkeypatch.setattr(store, "authenticate", lambda **kw: calls.append(1) or real(**kw))
@@ -306,7 +307,8 @@ def test_a_change_landing_between_the_first_read_and_the_wait_is_not_lost(client
 def test_a_token_revoked_while_it_follows_a_run_stops_within_a_second_or_two(live_server) -> None:
     base = live_server.url
     steward = live_server.app.state.steward
-    _, plain = steward.db.transaction(lambda s: store.create_token(session=s, user="short.lived"))
+    _, plain = steward.db.transaction(
+        lambda s: store.create_token(session=s, user="short.lived", scopes=["runs:read"]))
     mine = {"Authorization": f"Bearer {plain}"}
     run = follow(base, submit(base)["id"], until={"waiting_approval"})
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from runtime import scopes, store
 from runtime.api.problems import Problem
 from runtime.app import create_app
 from runtime.errors import DatabaseUnavailable
@@ -48,6 +49,12 @@ def test_every_declared_error_status_of_every_operation_is_reachable(api, monkey
     quarantined = settle(api, api.post("/api/v1/runs", json={"workflow": "lead_routing", "input": suspect},
                                        headers=OPERATOR).json()["id"], {"succeeded"})["output"]["quarantined"]
     ids = {"run_id": run["id"], "approval_id": approval, "name": "price_change", "item_id": quarantined}
+    _, plain = api.app.state.steward.db.transaction(
+        lambda s: store.create_token(session=s, user="scope.less", scopes=[]))
+    unscoped = {"Authorization": f"Bearer {plain}"}
+    _, plain = api.app.state.steward.db.transaction(
+        lambda s: store.create_token(session=s, user="all.scopes", scopes=scopes.ALL))
+    everything = {"Authorization": f"Bearer {plain}"}  # started no run: may decide any
     policy_hash = run["policy_hash"]
     bodies = {("post", "/api/v1/runs"): {"workflow": "price_change", "input": PRICE_105},
               ("post", "/api/v1/approvals/{approval_id}/decision"): {"decision": "approve", "comment": "ok"},
@@ -63,17 +70,16 @@ def test_every_declared_error_status_of_every_operation_is_reachable(api, monkey
         if status == 401:
             return api.request(method, url, json=body)
         if status == 422:
-            return api.request(method, url, params={"no_such_parameter": "1"}, json=body, headers=OPERATOR)
+            return api.request(method, url, params={"no_such_parameter": "1"}, json=body, headers=everything)
         if status == 404:
             if path == "/api/v1/runs":  # no such workflow
-                return api.post(url, json={"workflow": "does-not-exist", "input": {}}, headers=OPERATOR)
+                return api.post(url, json={"workflow": "does-not-exist", "input": {}}, headers=everything)
             if path == "/api/v1/policy/evaluate":
-                return api.post(url, json={**body, "workflow": "does_not_exist"}, headers=OPERATOR)
+                return api.post(url, json={**body, "workflow": "does_not_exist"}, headers=everything)
             missing = re.sub(r"{(\w+)}", "does-not-exist", path)
-            return api.request(method, missing, json=body, headers=OPERATOR)
-        if status == 403:
-            if path.endswith("/decision"):  # the operator started the run: separation of duties
-                return api.post(url, json=body, headers=OPERATOR)
+            return api.request(method, missing, json=body, headers=everything)
+        if status == 403:  # a token without the operation's scope
+            return api.request(method, url, json=body, headers=unscoped)
         if status == 409:
             if path.endswith("/cancel"):
                 return api.post(f"/api/v1/runs/{done['id']}/cancel", headers=OPERATOR)
