@@ -55,7 +55,8 @@ async def get_approval(approval_id: str, steward: StewardDep, _: ApprovalsRead) 
              responses=errors(401, 403, 404, 409), summary="Approve or reject")
 async def decide(approval_id: str, body: DecisionCreate, steward: StewardDep, user: ApprovalsDecide) -> ApprovalPublic:
     """Record the caller's decision; the run resumes with it. Deciding twice, or on arguments other than
-    the request's now (`arguments_hash`), answers 409; approving a run you started answers 403."""
+    the request's now (`arguments_hash`), answers 409; approving a run you started, or deciding a request
+    for a role you do not hold (`roles`), answers 403."""
     approval = await service.decide(steward, approval_id=approval_id, decision=body.decision, actor=user,
-                                    comment=body.comment, arguments_hash=body.arguments_hash)
+                                    comment=body.comment, arguments_hash=body.arguments_hash, check_roles=True)
     return ApprovalPublic.model_validate(approval)

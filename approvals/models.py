@@ -49,3 +49,17 @@ class ApprovalRequest(SQLModel, table=True):
     comment: str | None = Field(default=None, max_length=4000)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class User(SQLModel, table=True):
+    """A person who decides approvals, with the roles policies escalate to (``@escalate("pricing_manager")``).
+    A token's user is named by ``name``; a user who is not here holds no role."""
+
+    __tablename__ = "users"
+
+    name: str = Field(primary_key=True, max_length=200)
+    email: str = Field(default="", max_length=320)
+    roles: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    demo: bool = Field(default=False, description="Seeded by demo mode")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    disabled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

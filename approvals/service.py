@@ -13,16 +13,17 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from approvals.models import ApprovalRequest, ApprovalStatus
+from approvals import users
 from approvals.store import get_approval, list_approvals
 from runtime import audit
 from runtime import store as runtime_store
-from runtime.errors import Conflict, InputInvalid, SeparationOfDuties
+from runtime.errors import Conflict, Forbidden, InputInvalid, SeparationOfDuties
 from runtime.models import RunStatus, utcnow
 from runtime.telemetry import current_trace_id, run_root, tracer
 
 
 async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, comment: str = "",
-                 arguments_hash: str | None = None) -> ApprovalRequest:
+                 arguments_hash: str | None = None, check_roles: bool = False) -> ApprovalRequest:
     """Record a person's decision; when the run has no undecided request left, it is queued to resume.
 
     A request that needs several people (a policy's ``@approvals``) counts each approver once (the same
@@ -30,7 +31,10 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
     Whoever started the run may reject it but never approve it (:class:`SeparationOfDuties`, audited as
     ``approval.sod_violation``). With ``arguments_hash`` (what the decider was shown), a request whose
     arguments are no longer those is a :class:`Conflict`: nobody approves something other than what
-    they saw.
+    they saw. With ``check_roles`` (every person's entry point: the API, the inbox), a request that
+    names roles (a policy's ``@escalate``) is decided only by someone holding one of them now
+    (:class:`Forbidden`, audited as ``authz.denied``); engine code that vouches for the person leaves it
+    off.
 
     One transaction, locks in the engine's order: the run's row, then the approval, then the audit chain."""
     if decision not in ("approve", "reject"):
@@ -49,13 +53,19 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
                 + (f" by {approval.decided_by}" if approval.decided_by else "")
                 + "; a decision cannot be changed"
             )
+        if decision == "approve" and actor == approval.requested_by:
+            raise SeparationOfDuties(f"{actor} started run {run.id} and so may not approve its request "
+                                     f"{approval_id}; another person with the right role must")
         if arguments_hash is not None and arguments_hash != approval.arguments_hash:
             raise Conflict(f"approval {approval_id} no longer proposes the arguments you were shown (they were "
                            f"{arguments_hash[:12]}…, they are {approval.arguments_hash[:12]}…); read it again and "
                            "decide on what it proposes now", details={"arguments_hash": approval.arguments_hash})
-        if decision == "approve" and actor == approval.requested_by:
-            raise SeparationOfDuties(f"{actor} started run {run.id} and so may not approve its request "
-                                     f"{approval_id}; another person with the right role must")
+        if check_roles and approval.roles:
+            held = users.roles_of(session=session, name=actor)
+            if not held & set(approval.roles):
+                raise Forbidden(f"approval {approval_id} is for {' or '.join(approval.roles)}, which {actor} is not"
+                                f"{' (holds ' + ', '.join(sorted(held)) + ')' if held else ''}",
+                                details={"roles": list(approval.roles), "held": sorted(held)})
         approvers = list(approval.approvers or [])
         if decision == "approve" and any(entry["approver"] == actor for entry in approvers):
             raise Conflict(f"{actor} has already approved {approval_id}; it needs "
@@ -94,17 +104,18 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
 
     try:
         approval = await steward.db.run(record)
-    except SeparationOfDuties as refused:
+    except Forbidden as refused:
         await steward.db.run(lambda session: _refused(session, approval_id, actor, refused))
         raise
     steward.executor.wake()
     return approval
 
 
-def _refused(session: Session, approval_id: str, actor: str, refused: SeparationOfDuties) -> None:
+def _refused(session: Session, approval_id: str, actor: str, refused: Forbidden) -> None:
     """The attempt on record, in a transaction of its own (the decision's was rolled back)."""
     approval = get_approval(session=session, approval_id=approval_id)
     run = runtime_store.get_run(session=session, run_id=approval.run_id)
-    audit.append(session, kind="approval.sod_violation", actor=actor, run=run, data={
+    kind = "approval.sod_violation" if isinstance(refused, SeparationOfDuties) else "authz.denied"
+    audit.append(session, kind=kind, actor=actor, run=run, data={
         "approval_id": approval_id, "action": approval.action, "arguments_hash": approval.arguments_hash,
         "requested_by": approval.requested_by, "reason": refused.message})

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.orm import Session
 
+from approvals import users
 from approvals.models import ApprovalRequest, ApprovalStatus
 from runtime.approval import ApprovalDecision, ApprovalNeed
 from runtime.db import json_rows
@@ -105,6 +106,10 @@ class SqlApprovals:
         return (select(json_rows(postgres=postgres, created_at=ApprovalRequest.created_at, id=ApprovalRequest.id))
                 .where(ApprovalRequest.run_id == run_id, ApprovalRequest.status == ApprovalStatus.pending)
                 .scalar_subquery())
+
+
+    def seed_demo(self, session: Session) -> None:
+        users.seed_demo(session)
 
 
 PORT = SqlApprovals()

@@ -48,6 +48,7 @@ async def seed_demo_tokens(steward: Any) -> None:
     def seed(session: Any) -> None:
         for user, plain, scopes in DEMO_TOKENS:
             store.store_token(session=session, user=user, plain=plain, scopes=scopes, demo=True)
+        steward.executor.approvals.seed_demo(session)  # the people behind them, with their roles
 
     await steward.db.run(seed)
 

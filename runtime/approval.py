@@ -96,6 +96,10 @@ class ApprovalPort(Protocol):
         """How many requests wait for a person, and when the oldest was opened (None when none)."""
         ...
 
+    def seed_demo(self, session: Session) -> None:
+        """Demo mode: put the demo's people in place (their tokens are the engine's demo tokens)."""
+        ...
+
     def pending_column(self, run_id: Any, *, postgres: bool) -> Any:
         """A SQL expression correlated to the column ``run_id``: the run's undecided requests as a JSON
         array of ``[created_at, id]`` (any order; see :func:`runtime.db.json_rows`), so that a run is read

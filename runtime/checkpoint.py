@@ -32,6 +32,8 @@ import asyncio
 import contextlib
 import contextvars
 import json
+import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Protocol
@@ -57,6 +59,7 @@ _SQLITE_COLUMNS = {
 }
 # Any 64-bit constant: processes starting together create LangGraph's tables one at a time.
 _SETUP_LOCK = 0x5374657761726401
+CHECK_IDLE_SECONDS = 5.0  # a pooled connection idle longer than this is checked before it is handed out
 
 
 class Owner(Protocol):
@@ -261,12 +264,24 @@ async def open_checkpointer(db: Database, *, pool_size: int = 10) -> AsyncIterat
     from psycopg.rows import dict_row
     from psycopg_pool import AsyncConnectionPool
 
-    # No check on checkout (a round trip before every checkpoint write): a connection the server dropped
-    # fails its first statement, the pool discards it, and the execution is suspended and resumed as in
-    # any outage (tests/runtime/test_outage.py drops every connection for 15 s under load).
+    # A connection is checked on checkout only when it has been idle a while (a round trip before every
+    # checkpoint write would cost more than the write): the ones dropped while idle (idle_session_timeout,
+    # a proxy, a failover) are replaced, not handed out; one dropped while in use fails its statement and
+    # the execution is suspended and resumed as in any outage (tests/runtime/test_outage.py).
+    returned: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+    async def note_return(conn: Any) -> None:
+        returned[conn] = time.monotonic()
+
+    async def check_if_idle(conn: Any) -> None:
+        if time.monotonic() - returned.get(conn, 0.0) > CHECK_IDLE_SECONDS:
+            await AsyncConnectionPool.check_connection(conn)
+
     pool = AsyncConnectionPool(
         db.libpq_url,
         max_size=pool_size,
+        check=check_if_idle,
+        reset=note_return,
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
         open=False,
     )

@@ -541,7 +541,7 @@ def tokens_revoke(token_id: Annotated[str, typer.Argument(help="The token's id (
 
 
 # Command groups of other layers, named like the routers (the engine imports none of them).
-COMMANDS = ("approvals.cli:app",)
+COMMANDS = ("approvals.cli:app", "approvals.users_cli:app")
 
 
 def main() -> None:

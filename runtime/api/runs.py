@@ -123,13 +123,13 @@ async def get_run(
             await still_authorised(request)  # a token revoked meanwhile ends the wait (401)
             changed.clear()  # before the read: a change committed after this sets it again
             # A run changes several times a step (its steps, its audit): look at its status alone until
-            # it is one to answer with, then read the whole run (and go on if it moved on meanwhile).
+            # it is one to answer with, then read the whole run once.
             status = await steward.db.read_cursor(
                 functools.partial(store.run_status, raw=steward.db.raw, run_id=run_id))
-            looked = waiting(status)
-            if not looked:
-                detail = await run_detail(steward, run_id)
-                status = detail.status
+            looked = True
+            if not waiting(status):  # answer now, with the run as it stands (it may have moved on again)
+                detail, looked = await run_detail(steward, run_id), False
+                break
         if looked:  # the wait ran out: the run as it stands now, its steps too
             detail = await run_detail(steward, run_id)
     return _answer(detail)

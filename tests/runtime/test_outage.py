@@ -93,3 +93,36 @@ async def test_connections_dropped_repeatedly_for_15s_while_30_runs_execute(open
     assert verified.ok, verified
     finished = [e.run_id for e in trail if e.kind == "run.succeeded"]
     assert sorted(finished) == sorted(ids), "one terminal event per run"
+
+
+async def test_idle_checkpointer_connections_the_server_dropped_are_replaced_not_handed_out(
+        steward, sandbox, database_url, monkeypatch) -> None:
+    """Connections dropped while idle in the pool (idle_session_timeout, a proxy, a failover) are checked
+    and replaced on checkout: the run resumes without being suspended. (Every connection counts as idle
+    here; in service, one idle longer than ``CHECK_IDLE_SECONDS``.)"""
+    from approvals.models import ApprovalStatus
+    from approvals.service import decide
+    from approvals.store import list_approvals
+    from runtime import checkpoint
+
+    monkeypatch.setattr(checkpoint, "CHECK_IDLE_SECONDS", 0.0)
+    price = {"items": [{"sku": "SKU-1001", "new_price": "115.00", "currency": "EUR"}], "reason": "supplier cost up"}
+    run, _ = await steward.executor.submit(workflow="price_change", input=price, actor="alice")
+    run = await steward.executor.drive(run.id)
+    assert run.status == RunStatus.waiting_approval
+    [approval] = await steward.db.run(
+        lambda s: list_approvals(session=s, run_id=run.id, status=ApprovalStatus.pending))
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
+        dropped = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                                (make_url(database_url).database,)).fetchall()
+    assert dropped, "the pools held connections to drop"
+    await decide(steward, approval_id=approval.id, decision="approve", actor="bob")
+    deadline = time.monotonic() + 60
+    run = await steward.executor.drive(run.id)
+    while not run.status.finished and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        run = await steward.executor.drive(run.id)
+    kinds = [e.kind for e in await steward.db.run(lambda s: store.list_audit(session=s, run_id=run.id))]
+    assert run.status == RunStatus.succeeded, kinds
+    assert "run.suspended" not in kinds, "a dropped connection was handed out and the run was suspended"
+    assert sandbox.state.sandbox.prices[("SKU-1001", "EUR")]["amount"] == "115.00"
