@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import os
 import functools
 import logging
 import random
@@ -285,6 +286,10 @@ class Database:
             self.sqlite_path = parsed.database or ":memory:"
             if self.sqlite_path != ":memory:":
                 Path(self.sqlite_path).parent.mkdir(parents=True, exist_ok=True)
+                # A new file is readable by its owner only (it holds token hashes and business data);
+                # SQLite gives its -wal and -shm files the same permissions.
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(self.sqlite_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             sqlite_args = {"connect_args": {"check_same_thread": False}}
             self.engine = create_engine(self.url, pool_size=2, **sqlite_args)
             event.listen(self.engine, "connect", _sqlite_connect)

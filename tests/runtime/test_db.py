@@ -263,3 +263,13 @@ def test_the_migrated_schema_is_the_models_schema(database_url: str) -> None:
                                                       and d[0][3] == "idempotency_key")]
     database.engine.dispose()
     assert differences == []
+
+
+def test_a_new_sqlite_database_is_readable_by_its_owner_only(tmp_path) -> None:
+    path = tmp_path / "fresh" / "steward.db"
+    db = Database(f"sqlite:///{path}")
+    db.upgrade()
+    db.transaction(lambda s: audit.append(s, kind="test.written", actor="test"))
+    modes = {f.name: oct(f.stat().st_mode & 0o777) for f in path.parent.iterdir()}  # with -wal and -shm open
+    db._dispose_engines()
+    assert modes == {name: "0o600" for name in ("steward.db", "steward.db-wal", "steward.db-shm")}, modes
