@@ -64,7 +64,8 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
             held = users.roles_of(session=session, name=actor)
             if not held & set(approval.roles):
                 raise Forbidden(f"approval {approval_id} is for {' or '.join(approval.roles)}, which {actor} is not"
-                                f"{' (holds ' + ', '.join(sorted(held)) + ')' if held else ''}",
+                                f"{' (holds ' + ', '.join(sorted(held)) + ')' if held else ''}; an administrator "
+                                f"gives the role with `steward users add NAME --role {approval.roles[0]}`",
                                 details={"roles": list(approval.roles), "held": sorted(held)})
         approvers = list(approval.approvers or [])
         if decision == "approve" and any(entry["approver"] == actor for entry in approvers):
@@ -74,7 +75,11 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
         if decision == "approve":
             approvers.append({"approver": actor, "comment": comment, "at": utcnow().isoformat()})
             values["approvers"] = approvers
-        complete = decision == "reject" or len(approvers) >= approval.required_approvals
+        counted = approvers
+        if check_roles and approval.roles:  # a vote counts while its person still holds the role
+            needed = set(approval.roles)
+            counted = [e for e in approvers if users.roles_of(session=session, name=e["approver"]) & needed]
+        complete = decision == "reject" or len(counted) >= approval.required_approvals
         if complete:
             values |= {"status": status, "decided_by": actor, "comment": comment, "decided_at": utcnow()}
         result = session.execute(

@@ -108,6 +108,9 @@ class SqlApprovals:
                 .scalar_subquery())
 
 
+    def disabled(self, session: Session, *, user: str) -> bool:
+        return users.is_disabled(session=session, name=user)
+
     def seed_demo(self, session: Session) -> None:
         users.seed_demo(session)
 

@@ -11,6 +11,7 @@ its token cache's second.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Sequence
 
 from sqlalchemy import select
@@ -43,12 +44,27 @@ class UserNotFound(NotFound):
     code = "user_not_found"
 
 
+ROLE = re.compile(r"^[a-z][a-z0-9_]{1,63}$")  # what a policy's @escalate may name (runtime.policy.ROLE)
+NAME = re.compile(r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$")
+
+
 def _roles(roles: Collection[str]) -> list[str]:
-    unknown = sorted(set(roles) - set(ROLES))
-    if unknown:
-        raise InputInvalid(f"unknown role(s) {', '.join(unknown)}; the roles are {', '.join(sorted(ROLES))}",
-                           details=[{"loc": ["role"], "msg": f"unknown role {r!r}"} for r in unknown])
+    """Role names as policies write them: the shipped ones (:data:`ROLES`) or any a policy of yours
+    escalates to (``@escalate("finance_lead")``)."""
+    bad = sorted(r for r in set(roles) if not ROLE.match(r))
+    if bad:
+        raise InputInvalid(f"role name(s) {', '.join(map(repr, bad))} are not lower-case names like "
+                           f"pricing_manager (the shipped roles: {', '.join(sorted(ROLES))})",
+                           details=[{"loc": ["role"], "msg": f"not a role name: {r!r}"} for r in bad])
     return sorted(set(roles))
+
+
+def _name(name: str) -> str:
+    name = name.strip()
+    if not 1 <= len(name) <= 200 or not NAME.match(name):
+        raise InputInvalid(f"a user's name is 1 to 200 characters without control characters, not {name!r}",
+                           details=[{"loc": ["name"], "msg": "1 to 200 printable characters"}])
+    return name
 
 
 def get_user(*, session: Session, name: str) -> User:
@@ -63,12 +79,13 @@ def list_users(*, session: Session) -> Sequence[User]:
 
 
 def add_user(*, session: Session, name: str, roles: Collection[str], email: str = "", actor: str) -> User:
-    """A new user with ``roles`` (audited ``user.added``); :class:`Conflict` if the name is taken."""
-    name = name.strip()
-    if not name or len(name) > 200:
-        raise InputInvalid("a user's name is 1 to 200 characters", details=[{"loc": ["name"], "msg": "1 to 200"}])
+    """A new user with ``roles`` (audited ``user.added``); :class:`Conflict` if the name is taken, also by
+    someone disabled (``steward users enable`` brings them back)."""
+    name = _name(name)
     if session.get(User, name) is not None:
-        raise Conflict(f"there is already a user named {name!r}")
+        raise Conflict(f"there is already a user named {name!r}" + (
+            "; they are disabled: `steward users enable` brings them back" if session.get(User, name).disabled_at
+            else ""))
     user = User(name=name, roles=_roles(roles), email=email.strip())
     session.add(user)
     session.flush()
@@ -79,9 +96,10 @@ def add_user(*, session: Session, name: str, roles: Collection[str], email: str 
 def disable_user(*, session: Session, name: str, actor: str) -> int:
     """Disable ``name`` and revoke all their tokens (audited ``user.disabled``); returns how many tokens
     were revoked. Disabling a disabled user changes nothing."""
-    user = get_user(session=session, name=name)
+    user = get_user(session=session, name=name.strip())
     if user.disabled_at is not None:
-        return 0
+        raise Conflict(f"{user.name} is already disabled (since {user.disabled_at:%Y-%m-%d %H:%M} UTC)")
+    name = user.name
     user.disabled_at = utcnow()
     revoked = [runtime_store.revoke_token(session=session, token_id=t.id)
                for t in runtime_store.list_tokens(session=session, user=name) if t.revoked_at is None]
@@ -89,6 +107,23 @@ def disable_user(*, session: Session, name: str, actor: str) -> int:
     audit.append(session, kind="user.disabled", actor=actor,
                  data={"user": name, "tokens_revoked": [t.id for t in revoked]})
     return len(revoked)
+
+
+def enable_user(*, session: Session, name: str, actor: str) -> User:
+    """Bring a disabled user back (audited ``user.enabled``); their old tokens stay revoked."""
+    user = get_user(session=session, name=name.strip())
+    if user.disabled_at is None:
+        raise Conflict(f"{user.name} is not disabled")
+    user.disabled_at = None
+    session.flush()
+    audit.append(session, kind="user.enabled", actor=actor, data={"user": user.name})
+    return user
+
+
+def is_disabled(*, session: Session, name: str) -> bool:
+    """Whether ``name`` is a user who was disabled (a name that is nobody here is not)."""
+    user = session.get(User, name)
+    return user is not None and user.disabled_at is not None
 
 
 def roles_of(*, session: Session, name: str) -> frozenset[str]:

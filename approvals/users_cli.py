@@ -3,7 +3,8 @@ database itself like ``steward tokens``). Mounted by ``runtime.cli`` as a comman
 
     steward users add maria --role pricing_manager --email maria@example.com
     steward users list
-    steward users disable maria        # and every token of hers, at once
+    steward users disable maria        # and every token of hers, at once (any new one too)
+    steward users enable maria
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ app = typer.Typer(name="users", help="People who decide approvals, and their rol
 def users_add(
     name: Annotated[str, typer.Argument(help="The name their tokens are created for (`tokens create --user`)")],
     role: Annotated[list[str], typer.Option(help=(
-        "A role they hold, repeated: pricing_manager sales_ops compliance operator admin"))] = [],  # noqa: B006
+        "A role they hold, repeated: pricing_manager sales_ops compliance operator admin, or one a policy of "
+        "yours escalates to"))] = [],  # noqa: B006
     email: Annotated[str, typer.Option(help="Where reminders and escalations reach them")] = "",
 ) -> None:
     """Add a person with their roles."""
@@ -55,3 +57,12 @@ def users_disable(name: Annotated[str, typer.Argument(help="Whom to disable")]) 
 
     revoked = local(lambda s: users.disable_user(session=s, name=name, actor=admin()))
     typer.echo(f"disabled {name}; {revoked} token(s) revoked")
+
+
+@app.command("enable")
+def users_enable(name: Annotated[str, typer.Argument(help="Whom to bring back")]) -> None:
+    """Bring a disabled person back; their old tokens stay revoked (create new ones)."""
+    from approvals import users
+
+    local(lambda s: users.enable_user(session=s, name=name, actor=admin()))
+    typer.echo(f"enabled {name.strip()}; create new tokens with `steward tokens create --user {name.strip()}`")

@@ -96,6 +96,10 @@ class ApprovalPort(Protocol):
         """How many requests wait for a person, and when the oldest was opened (None when none)."""
         ...
 
+    def disabled(self, session: Session, *, user: str) -> bool:
+        """Whether ``user`` was disabled (their tokens stop working, also ones issued afterwards)."""
+        ...
+
     def seed_demo(self, session: Session) -> None:
         """Demo mode: put the demo's people in place (their tokens are the engine's demo tokens)."""
         ...

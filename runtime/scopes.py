@@ -45,12 +45,10 @@ class Principal:
 def parse(values: Iterable[str]) -> frozenset[str]:
     """Scope names as given (``all`` for every one); :class:`InputInvalid` naming an unknown one."""
     found = {v.strip() for v in values if v.strip()}
-    if EVERY in found:
-        return ALL
-    unknown = sorted(found - ALL)
+    unknown = sorted(found - ALL - {EVERY})
     if unknown:
         raise InputInvalid(f"unknown scope(s) {', '.join(unknown)}; the scopes are {', '.join(sorted(ALL))} "
                            f"(or {EVERY})", details=[{"loc": ["scope"], "msg": f"unknown scope {u!r}"} for u in unknown])
     if not found:
         raise InputInvalid(f"name the scopes the token carries (--scope runs:write ...; --scope {EVERY} for every one)")
-    return frozenset(found)
+    return ALL if EVERY in found else frozenset(found)

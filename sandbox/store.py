@@ -7,7 +7,9 @@ simple beats fast). ``path=None`` keeps the state in memory (tests).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import threading
 from collections import Counter
@@ -61,6 +63,9 @@ class SandboxStore:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = str(path) if path is not None else ":memory:"
         self.lock = threading.RLock()
+        if self.path != ":memory:":  # a new file is readable by its owner only, like Steward's own
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(_SCHEMA)

@@ -62,11 +62,18 @@ async def principal_of(request: Request, plain: str) -> Principal:
     steward = request.app.state.steward
     if principal is None:
         read_at = time.monotonic()
-        principal = await steward.db.run(lambda s: store.authenticate(session=s, plain=plain), read_only=True)
+        principal = await steward.db.run(lambda s: _authenticate(steward, s, plain), read_only=True)
         cache.put(digest, principal, read_at=read_at)
     if principal.demo and not steward.settings.demo:
         raise Unauthorized("this is a demo token, and this server does not run in demo mode (STEWARD_DEMO); "
                            "create a token with `steward tokens create`")
+    return principal
+
+
+def _authenticate(steward: Steward, session: Any, plain: str) -> Principal:
+    principal = store.authenticate(session=session, plain=plain)
+    if steward.executor.approvals.disabled(session, user=principal.user):
+        raise Unauthorized(f"{principal.user} is disabled; their tokens no longer work")
     return principal
 
 
@@ -91,14 +98,24 @@ def require(scope: str) -> Any:
     async def check(request: Request, principal: Annotated[Principal, Depends(current_principal)]) -> str:
         if scope in principal.scopes:
             return principal.user
-        data = {"scope": scope, "method": request.method, "path": request.url.path, "token_id": principal.token_id}
+        # The route's template (/api/v1/runs/{run_id}), never the caller's own path: a refusal may not
+        # write what the caller chooses, at the length they choose, into the audit chain.
+        route = _route_of(request)
+        data = {"scope": scope, "method": request.method, "path": route, "token_id": principal.token_id}
         await request.app.state.steward.db.run(
             lambda s: audit.append(s, kind="authz.denied", actor=principal.user, data=data))
         raise Forbidden(f"this token of {principal.user} does not carry the scope {scope!r} that "
-                        f"{request.method} {request.url.path} needs; ask for a token with it",
+                        f"{request.method} {route} needs; ask for a token with it",
                         details={"scope": scope, "scopes": sorted(principal.scopes)})
 
     return Depends(check)
+
+
+def _route_of(request: Request) -> str:
+    """The request's path with its path parameters named instead of given (``/api/v1/runs/{run_id}``)."""
+    names = {str(value): name for name, value in request.path_params.items()}
+    segments = [f"{{{names[part]}}}" if part in names else part for part in request.url.path.split("/")]
+    return "/".join(segments)[:300]
 
 
 async def still_authorised(request: Request) -> None:

@@ -85,7 +85,8 @@ def test_users_are_added_listed_and_disabled_from_the_cli(serve) -> None:
     added = steward(env, "users", "add", "maria", "--role", "pricing_manager", "--email", "maria@example.com")
     assert added.returncode == 0 and "added maria (pricing_manager)" in added.stdout, added.stderr
     for args, message in ((["users", "add", "maria", "--role", "sales_ops"], "already a user named 'maria'"),
-                          (["users", "add", "ivan", "--role", "boss"], "unknown role(s) boss"),
+                          (["users", "add", "ivan", "--role", "Boss!"], "role name(s) 'Boss!' are not"),
+                          (["users", "add", "tab\tname", "--role", "sales_ops"], "without control characters"),
                           (["users", "disable", "nobody"], "no user named 'nobody'")):
         refused = steward(env, *args)
         assert refused.returncode == 2 and message in refused.stderr, (args, refused.stderr)
@@ -101,3 +102,30 @@ def test_users_are_added_listed_and_disabled_from_the_cli(serve) -> None:
     refused = steward(mine, "approvals", "list")
     assert refused.returncode == 2 and "unknown or revoked" in refused.stderr
     assert "disabled" in steward(env, "users", "list").stdout
+    again = steward(env, "users", "disable", " maria ")
+    assert again.returncode == 2 and "already disabled" in again.stderr, again.stderr
+    fresh = steward(env, "tokens", "create", "--user", "maria", "--scope", "approvals:read").stdout.strip()
+    refused = steward({**env, "STEWARD_TOKEN": fresh}, "approvals", "list")  # a token made after disabling
+    assert refused.returncode == 2 and "maria is disabled" in refused.stderr, refused.stderr
+    assert steward(env, "users", "enable", "maria").returncode == 0
+    assert steward({**env, "STEWARD_TOKEN": fresh}, "approvals", "list").returncode == 0
+    own_role = steward(env, "users", "add", "fin", "--role", "finance_lead")  # a role a policy of yours names
+    assert own_role.returncode == 0 and "finance_lead" in own_role.stdout, own_role.stderr
+
+
+def test_a_vote_counts_only_while_its_person_holds_the_role(client) -> None:
+    """Two pricing managers for a move over 25 %: the first one's vote stops counting when they are
+    disabled, so the second alone does not complete it; a third completes it."""
+    run = client.post("/api/v1/runs", json={"workflow": "price_change", "input": {
+        "items": [{"sku": "SKU-1002", "new_price": "140.00", "currency": "EUR"}], "reason": "re-pricing"}},
+        headers=client.operator).json()
+    run = client.get(f"/api/v1/runs/{run['id']}", params=[("wait", 30), ("until", "waiting_approval")],
+                     headers=client.operator).json()
+    url = f"/api/v1/approvals/{run['pending_approval_id']}/decision"
+    first, second, third = (person(client, name, ["pricing_manager"]) for name in ("pm.one", "pm.two", "pm.three"))
+    assert client.post(url, json={"decision": "approve"}, headers=first).json()["status"] == "pending"
+    client.app.state.steward.db.transaction(lambda s: users.disable_user(session=s, name="pm.one", actor="test"))
+    assert client.post(url, json={"decision": "approve"}, headers=second).json()["status"] == "pending"
+    done = client.post(url, json={"decision": "approve"}, headers=third).json()
+    assert done["status"] == "approved" and [a["approver"] for a in done["approvers"]] == ["pm.one", "pm.two",
+                                                                                          "pm.three"]

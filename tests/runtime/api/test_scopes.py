@@ -118,3 +118,13 @@ def test_tokens_issued_before_scopes_keep_every_scope_and_old_demo_tokens_are_ma
     db.engine.dispose()
     assert set(found["old.bot"].scopes) == scopes.ALL and found["old.bot"].demo is False
     assert set(found["demo.operator"].scopes) == scopes.ALL and found["demo.operator"].demo is True
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_refusal_audits_the_route_not_the_path_the_caller_chose(client) -> None:
+    nothing = token(client, "no.scopes", [])
+    long_id = "x" * 5000
+    assert client.get(f"/api/v1/runs/{long_id}", headers=nothing).status_code == 403
+    [denied] = [e for e in client.get("/api/v1/audit", headers=client.operator).json()["data"]
+                if e["kind"] == "authz.denied"]
+    assert denied["data"]["path"] == "/api/v1/runs/{run_id}" and long_id not in str(denied)
