@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from opentelemetry.trace import Link
@@ -110,13 +111,13 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
     try:
         approval = await steward.db.run(record)
     except Forbidden as refused:
-        await steward.db.run(lambda session: _refused(session, approval_id, actor, refused))
+        await steward.db.run(functools.partial(_refused, approval_id=approval_id, actor=actor, refused=refused))
         raise
     steward.executor.wake()
     return approval
 
 
-def _refused(session: Session, approval_id: str, actor: str, refused: Forbidden) -> None:
+def _refused(session: Session, *, approval_id: str, actor: str, refused: Forbidden) -> None:
     """The attempt on record, in a transaction of its own (the decision's was rolled back)."""
     approval = get_approval(session=session, approval_id=approval_id)
     run = runtime_store.get_run(session=session, run_id=approval.run_id)

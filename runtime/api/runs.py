@@ -17,7 +17,7 @@ from runtime.api.deps import NO_NUL, RunsRead, RunsWrite, StewardDep, still_auth
 from runtime.api.problems import errors
 from runtime.api.paging import CursorQuery, Pages
 from runtime.api.responses import json_body
-from runtime.api.schemas import PolicyPin, RunCreate, RunDetail, RunPage, RunPublic, StepPublic
+from runtime.api.schemas import PolicyPin, RunCreate, RunDetail, RunPage, RunPublic
 from runtime.errors import Unauthorized
 from runtime.models import FINISHED, RunStatus
 
