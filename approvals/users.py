@@ -22,6 +22,7 @@ from runtime import audit
 from runtime import store as runtime_store
 from runtime.errors import Conflict, InputInvalid, NotFound
 from runtime.models import utcnow
+from runtime.policy import ROLE  # a role is what a policy's @escalate may name
 
 ROLES: dict[str, str] = {
     "pricing_manager": "decides price changes that policies escalate",
@@ -44,7 +45,6 @@ class UserNotFound(NotFound):
     code = "user_not_found"
 
 
-ROLE = re.compile(r"^[a-z][a-z0-9_]{1,63}$")  # what a policy's @escalate may name (runtime.policy.ROLE)
 NAME = re.compile(r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$")
 
 
@@ -82,10 +82,10 @@ def add_user(*, session: Session, name: str, roles: Collection[str], email: str 
     """A new user with ``roles`` (audited ``user.added``); :class:`Conflict` if the name is taken, also by
     someone disabled (``steward users enable`` brings them back)."""
     name = _name(name)
-    if session.get(User, name) is not None:
+    taken = session.get(User, name)
+    if taken is not None:
         raise Conflict(f"there is already a user named {name!r}" + (
-            "; they are disabled: `steward users enable` brings them back" if session.get(User, name).disabled_at
-            else ""))
+            "; they are disabled: `steward users enable` brings them back" if taken.disabled_at else ""))
     user = User(name=name, roles=_roles(roles), email=email.strip())
     session.add(user)
     session.flush()
@@ -95,7 +95,7 @@ def add_user(*, session: Session, name: str, roles: Collection[str], email: str 
 
 def disable_user(*, session: Session, name: str, actor: str) -> int:
     """Disable ``name`` and revoke all their tokens (audited ``user.disabled``); returns how many tokens
-    were revoked. Disabling a disabled user changes nothing."""
+    were revoked. Disabling a disabled user is a :class:`Conflict` and changes nothing."""
     user = get_user(session=session, name=name.strip())
     if user.disabled_at is not None:
         raise Conflict(f"{user.name} is already disabled (since {user.disabled_at:%Y-%m-%d %H:%M} UTC)")
