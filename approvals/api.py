@@ -5,20 +5,22 @@ Mounted by the composition root (``STEWARD_ROUTERS`` names ``approvals.api:route
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated
+from datetime import datetime, timedelta
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
 from approvals import service
 from approvals.models import ApprovalStatus
-from approvals.schemas import ApprovalPage, ApprovalPublic, DecisionCreate
+from approvals.schemas import ApprovalPage, ApprovalPublic, CommentCreate, DecisionCreate
 from approvals.store import get_approval as get_one
 from approvals.store import list_approvals as list_some
 from runtime.api.deps import NO_NUL, ApprovalsDecide, ApprovalsRead, StewardDep
 from runtime.api.problems import errors
 from runtime.api.paging import CursorQuery, Pages
 from runtime.api.responses import json_body
+from runtime.models import utcnow
+from runtime.policy import ROLE
 
 router = APIRouter(prefix="/approvals", tags=["approvals"])
 
@@ -34,13 +36,21 @@ async def list_approvals(
     _: ApprovalsRead,
     status: ApprovalStatus | None = None,
     run_id: Annotated[str | None, Query(max_length=32, pattern=NO_NUL)] = None,
+    workflow: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,
+    role: Annotated[str | None, Query(max_length=100, pattern=ROLE.pattern,
+                                      description="Only requests for this role (a policy's @escalate)")] = None,
+    risk: Annotated[Literal["normal", "high"] | None, Query()] = None,
+    older_than_hours: Annotated[int | None, Query(ge=0, le=8760, description="Opened at least this long ago")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, CursorQuery] = None,
 ) -> Response:
-    after = PAGES.start(cursor, status=status, run_id=run_id)
+    filters = {"status": status, "run_id": run_id, "workflow": workflow, "role": role, "risk": risk,
+               "older_than_hours": older_than_hours}
+    after = PAGES.start(cursor, **filters)
+    opened_before = utcnow() - timedelta(hours=older_than_hours) if older_than_hours is not None else None
     body = await steward.db.run(lambda s: PAGES.encode(list_some(
-        session=s, status=status, run_id=run_id, limit=limit + 1, after=after), limit, status=status, run_id=run_id),
-        read_only=True)
+        session=s, status=status, run_id=run_id, workflow=workflow, role=role, risk=risk,
+        opened_before=opened_before, limit=limit + 1, after=after), limit, **filters), read_only=True)
     return json_body(body)
 
 
@@ -59,4 +69,12 @@ async def decide(approval_id: str, body: DecisionCreate, steward: StewardDep, us
     for a role you do not hold (`roles`), answers 403."""
     approval = await service.decide(steward, approval_id=approval_id, decision=body.decision, actor=user,
                                     comment=body.comment, arguments_hash=body.arguments_hash, check_roles=True)
+    return ApprovalPublic.model_validate(approval)
+
+
+@router.post("/{approval_id}/comments", response_model=ApprovalPublic, operation_id="approvals-comment",
+             responses=errors(401, 403, 404, 409), summary="Comment without deciding")
+async def comment(approval_id: str, body: CommentCreate, steward: StewardDep, user: ApprovalsDecide) -> ApprovalPublic:
+    """Add a remark to a pending request (audited `approval.commented`); a decided one answers 409."""
+    approval = await service.comment(steward, approval_id=approval_id, actor=user, text=body.comment)
     return ApprovalPublic.model_validate(approval)

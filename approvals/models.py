@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index
@@ -15,6 +15,8 @@ from sqlmodel import Field, SQLModel
 
 from approvals.states import ApprovalStatus  # noqa: F401 - importable from here too
 from runtime.models import UTCDateTime, new_id, utcnow
+
+DEFAULT_SLA = timedelta(hours=24)
 
 
 class ApprovalRequest(SQLModel, table=True):
@@ -24,6 +26,8 @@ class ApprovalRequest(SQLModel, table=True):
     __table_args__ = (  # the inbox pages oldest first by (created_at, id), with or without a status
         Index("ix_approval_requests_created_at", "created_at", "id"),
         Index("ix_approval_requests_status_created_at", "status", "created_at", "id"),
+        Index("ix_approval_requests_status_workflow_created_at", "status", "workflow", "created_at", "id"),
+        Index("ix_approval_requests_status_risk_created_at", "status", "risk", "created_at", "id"),
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
@@ -44,6 +48,12 @@ class ApprovalRequest(SQLModel, table=True):
                                             description="Who approved so far: [{approver, comment, at}]")
     policy: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True),
                                           description="The policy decision that asked for this approval")
+    comments: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False,
+                                           server_default="[]"), description="Remarks without a decision: [{by, text, at}]")
+    risk: str = Field(default="normal", max_length=20, sa_column_kwargs={"server_default": "normal"},
+                      description="high when policy asks for several people (four-eyes), else normal")
+    due_at: datetime = Field(default_factory=lambda: utcnow() + DEFAULT_SLA, sa_type=UTCDateTime,
+                             description="When the request is due (the SLA; default a day after it opened)")
     status: ApprovalStatus = Field(default=ApprovalStatus.pending, max_length=20)
     decided_by: str | None = Field(default=None, max_length=200)
     comment: str | None = Field(default=None, max_length=4000)
@@ -61,5 +71,21 @@ class User(SQLModel, table=True):
     email: str = Field(default="", max_length=320)
     roles: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     demo: bool = Field(default=False, description="Seeded by demo mode")
+    password_hash: str | None = Field(default=None, max_length=200,
+                                      description="argon2id; None: this user cannot sign in to the inbox")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     disabled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class WebSession(SQLModel, table=True):
+    """A person signed in to the inbox. The cookie holds a random secret; only its SHA-256 is ``id``.
+    ``csrf`` is the session's form token (every state-changing form carries it)."""
+
+    __tablename__ = "web_sessions"
+
+    id: str = Field(primary_key=True, max_length=64)
+    user: str = Field(max_length=200, index=True)
+    csrf: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    seen_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

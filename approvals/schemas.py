@@ -28,6 +28,9 @@ class ApprovalPublic(BaseModel):
     required_approvals: int
     approvers: list[dict[str, Any]]
     policy: dict[str, Any] | None
+    comments: list[dict[str, Any]] = Field(default_factory=list, description="Remarks without a decision")
+    risk: str = Field(description="high when policy asks for several people (four-eyes), else normal")
+    due_at: datetime = Field(description="When the request is due")
     status: ApprovalStatus
     decided_by: str | None
     comment: str | None
@@ -47,3 +50,9 @@ class DecisionCreate(BaseModel):
     arguments_hash: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description=(
         "The `arguments_hash` of the request as you were shown it: if its arguments changed since, the "
         "decision is refused (409) instead of applying to something you did not see"))
+
+
+class CommentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    comment: str = Field(min_length=1, max_length=4000, pattern=r"^[^\x00]*$")

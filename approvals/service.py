@@ -125,3 +125,26 @@ def _refused(session: Session, *, approval_id: str, actor: str, refused: Forbidd
     audit.append(session, kind=kind, actor=actor, run=run, data={
         "approval_id": approval_id, "action": approval.action, "arguments_hash": approval.arguments_hash,
         "requested_by": approval.requested_by, "reason": refused.message})
+
+
+async def comment(steward: Any, *, approval_id: str, actor: str, text: str) -> ApprovalRequest:
+    """A remark on a request without deciding it (audited ``approval.commented``); a decided request
+    takes no more remarks (:class:`Conflict`). Locks in the engine's order: run, request, audit."""
+    text = text.strip()
+    if not 1 <= len(text) <= 4000:
+        raise InputInvalid("a comment is 1 to 4000 characters",
+                           details=[{"loc": ["body", "comment"], "msg": "1 to 4000 characters", "type": "string_length"}])
+
+    def record(session: Session) -> ApprovalRequest:
+        run = runtime_store.lock_run(session=session, run_id=get_approval(session=session, approval_id=approval_id).run_id)
+        approval = get_approval(session=session, approval_id=approval_id)
+        session.refresh(approval)
+        if approval.status != ApprovalStatus.pending:
+            raise Conflict(f"approval {approval_id} is already {approval.status.value}; it takes no more comments")
+        approval.comments = [*(approval.comments or []), {"by": actor, "text": text, "at": utcnow().isoformat()}]
+        session.flush()
+        audit.append(session, kind="approval.commented", actor=actor, run=run,
+                     data={"approval_id": approval_id, "comment": text})
+        return approval
+
+    return await steward.db.run(record)

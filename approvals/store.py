@@ -8,7 +8,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, tuple_, update
+from datetime import datetime
+
+from sqlalchemy import String, cast, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from approvals import users
@@ -27,20 +29,41 @@ def get_approval(*, session: Session, approval_id: str) -> ApprovalRequest:
     return approval
 
 
-def list_approvals(
-    *, session: Session, status: ApprovalStatus | None = None, run_id: str | None = None, limit: int = 100,
-    after: Sequence[Any] | None = None,
-) -> Sequence[ApprovalRequest]:
-    """Approval requests oldest first, by ``(created_at, id)``; with ``after``, only those after that key
-    (keyset paging, see ``runtime.api.paging``)."""
-    query = select(ApprovalRequest).order_by(ApprovalRequest.created_at, ApprovalRequest.id).limit(limit)
-    if after is not None:
-        query = query.where(tuple_(ApprovalRequest.created_at, ApprovalRequest.id) > tuple(after))
+def _filtered(query: Any, *, status: ApprovalStatus | None = None, run_id: str | None = None,
+              workflow: str | None = None, role: str | None = None, risk: str | None = None,
+              opened_before: datetime | None = None) -> Any:
     if status is not None:
         query = query.where(ApprovalRequest.status == status)
     if run_id is not None:
         query = query.where(ApprovalRequest.run_id == run_id)
-    return session.scalars(query).all()
+    if workflow is not None:
+        query = query.where(ApprovalRequest.workflow == workflow)
+    if role is not None:  # roles is a JSON list of names like pricing_manager (no quote can be in one)
+        pattern = role.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(cast(ApprovalRequest.roles, String).like(f'%"{pattern}"%', escape="\\"))
+    if risk is not None:
+        query = query.where(ApprovalRequest.risk == risk)
+    if opened_before is not None:
+        query = query.where(ApprovalRequest.created_at <= opened_before)
+    return query
+
+
+def list_approvals(
+    *, session: Session, status: ApprovalStatus | None = None, run_id: str | None = None, limit: int = 100,
+    after: Sequence[Any] | None = None, **filters: Any,
+) -> Sequence[ApprovalRequest]:
+    """Approval requests oldest first, by ``(created_at, id)``; with ``after``, only those after that key
+    (keyset paging, see ``runtime.api.paging``). ``filters``: ``workflow``, ``role`` (one the request is
+    for), ``risk``, ``opened_before``."""
+    query = select(ApprovalRequest).order_by(ApprovalRequest.created_at, ApprovalRequest.id).limit(limit)
+    if after is not None:
+        query = query.where(tuple_(ApprovalRequest.created_at, ApprovalRequest.id) > tuple(after))
+    return session.scalars(_filtered(query, status=status, run_id=run_id, **filters)).all()
+
+
+def count_approvals(*, session: Session, status: ApprovalStatus | None = None, **filters: Any) -> int:
+    """How many requests :func:`list_approvals` would list with the same filters, over all pages."""
+    return session.scalar(_filtered(select(func.count()).select_from(ApprovalRequest), status=status, **filters))
 
 
 def approvals_by_interrupt(*, session: Session, interrupt_ids: Sequence[str]) -> dict[str, ApprovalRequest]:
@@ -74,6 +97,7 @@ class SqlApprovals:
                     version=need.version, node=need.node, action=need.action, arguments=need.arguments,
                     arguments_hash=need.arguments_hash, reason=need.reason, requested_by=need.requested_by,
                     roles=list(need.roles), required_approvals=need.required_approvals, policy=need.policy,
+                    risk="high" if need.required_approvals > 1 else "normal",
                 )
                 session.add(approval)
             ids.append(approval.id)

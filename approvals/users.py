@@ -17,6 +17,7 @@ from collections.abc import Collection, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from approvals import sessions
 from approvals.models import User
 from runtime import audit
 from runtime import store as runtime_store
@@ -31,6 +32,9 @@ ROLES: dict[str, str] = {
     "operator": "starts, cancels and rolls out runs",
     "admin": "administers users and tokens",
 }
+
+# Roles that read requests but do not decide them when a request names no role of its own.
+READ_ONLY_ROLES = frozenset({"compliance", "operator", "admin"})
 
 # Demo mode's people: (name, roles); their tokens are runtime.app.DEMO_TOKENS.
 DEMO_USERS = (
@@ -94,8 +98,8 @@ def add_user(*, session: Session, name: str, roles: Collection[str], email: str 
 
 
 def disable_user(*, session: Session, name: str, actor: str) -> int:
-    """Disable ``name`` and revoke all their tokens (audited ``user.disabled``); returns how many tokens
-    were revoked. Disabling a disabled user is a :class:`Conflict` and changes nothing."""
+    """Disable ``name``, revoke all their tokens and end their inbox sessions (audited ``user.disabled``);
+    returns how many tokens were revoked. Disabling a disabled user is a :class:`Conflict` and changes nothing."""
     user = get_user(session=session, name=name.strip())
     if user.disabled_at is not None:
         raise Conflict(f"{user.name} is already disabled (since {user.disabled_at:%Y-%m-%d %H:%M} UTC)")
@@ -103,10 +107,22 @@ def disable_user(*, session: Session, name: str, actor: str) -> int:
     user.disabled_at = utcnow()
     revoked = [runtime_store.revoke_token(session=session, token_id=t.id)
                for t in runtime_store.list_tokens(session=session, user=name) if t.revoked_at is None]
+    ended = sessions.end_sessions(session=session, user=name)
     session.flush()
     audit.append(session, kind="user.disabled", actor=actor,
-                 data={"user": name, "tokens_revoked": [t.id for t in revoked]})
+                 data={"user": name, "tokens_revoked": [t.id for t in revoked], "sessions_ended": ended})
     return len(revoked)
+
+
+def set_password(*, session: Session, name: str, password: str, actor: str) -> User:
+    """Give ``name`` a new password (audited ``user.password_set``; the password is never recorded) and
+    end their sessions: whoever knew the old one is signed out."""
+    user = get_user(session=session, name=name.strip())
+    user.password_hash = sessions.hash_password(password)
+    ended = sessions.end_sessions(session=session, user=user.name)
+    session.flush()
+    audit.append(session, kind="user.password_set", actor=actor, data={"user": user.name, "sessions_ended": ended})
+    return user
 
 
 def enable_user(*, session: Session, name: str, actor: str) -> User:
@@ -135,10 +151,12 @@ def roles_of(*, session: Session, name: str) -> frozenset[str]:
 
 
 def seed_demo(session: Session) -> None:
-    """Demo mode's people (idempotent; their roles are put back as shipped)."""
+    """Demo mode's people (idempotent; their roles and passwords are put back as shipped)."""
+    hashes = sessions.demo_hashes()
     for name, roles in DEMO_USERS:
         user = session.get(User, name)
         if user is None:
-            session.add(User(name=name, roles=list(roles), email=f"{name}@example.com", demo=True))
+            session.add(User(name=name, roles=list(roles), email=f"{name}@example.com", demo=True,
+                             password_hash=hashes[name]))
         else:
-            user.roles, user.demo, user.disabled_at = list(roles), True, None
+            user.roles, user.demo, user.disabled_at, user.password_hash = list(roles), True, None, hashes[name]

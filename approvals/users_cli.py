@@ -2,6 +2,7 @@
 database itself like ``steward tokens``). Mounted by ``runtime.cli`` as a command group.
 
     steward users add maria --role pricing_manager --email maria@example.com
+    steward users password maria       # asks twice; --stdin reads one line (scripts)
     steward users list
     steward users disable maria        # and every token of hers, at once (any new one too)
     steward users enable maria
@@ -41,13 +42,17 @@ def users_list(output: OutputOption = Output.text) -> None:
     """Everyone, with their roles and whether they are disabled."""
     from approvals import users
 
-    rows = local(lambda s: [u.model_dump(mode="json") for u in users.list_users(session=s)], read_only=True)
+    rows = local(lambda s: [{**u.model_dump(mode="json", exclude={"password_hash"}),
+                             "can_sign_in": u.password_hash is not None} for u in users.list_users(session=s)],
+                 read_only=True)
     if output is Output.json:
         emit_json(rows)
         return
     for row in rows:
         state = f"disabled {row['disabled_at'][:19]}" if row["disabled_at"] else "active"
-        typer.echo(f"{row['name']:<24} {', '.join(row['roles']) or '-':<32} {state}{'  (demo)' if row['demo'] else ''}")
+        sign_in = "" if row["can_sign_in"] else "  (no password: cannot sign in)"
+        typer.echo(f"{row['name']:<24} {', '.join(row['roles']) or '-':<32} {state}"
+                   f"{'  (demo)' if row['demo'] else ''}{sign_in}")
 
 
 @app.command("disable")
@@ -66,3 +71,21 @@ def users_enable(name: Annotated[str, typer.Argument(help="Whom to bring back")]
 
     local(lambda s: users.enable_user(session=s, name=name, actor=admin()))
     typer.echo(f"enabled {name.strip()}; create new tokens with `steward tokens create --user {name.strip()}`")
+
+
+@app.command("password")
+def users_password(
+    name: Annotated[str, typer.Argument(help="Whose password to set")],
+    stdin: Annotated[bool, typer.Option("--stdin", help="Read the password from standard input (one line)")] = False,
+) -> None:
+    """Set a person's password for the web inbox (argon2id); their inbox sessions end."""
+    import sys
+
+    from approvals import users
+
+    if stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    local(lambda s: users.set_password(session=s, name=name, password=password, actor=admin()))
+    typer.echo(f"password set for {name.strip()}; they sign in at /inbox")

@@ -23,6 +23,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from runtime import metrics, store
 from runtime.api import audit_routes, policy, problems, quarantine, runs, workflows
+from runtime.api.pages import WebPages
 from runtime.api.deps import TokenCache, UserDep, reject_unknown_query
 from runtime.api.schemas import Me, Readiness
 from runtime.connectors import Connector
@@ -90,11 +91,17 @@ def create_app(
     connectors: Mapping[str, Connector] | None = None,
     models: Mapping[str, Any] | None = None,
     routers: Sequence[APIRouter] | None = None,
+    pages: Sequence[WebPages] | None = None,
     start_executor: bool = True,
 ) -> FastAPI:
-    """Build the Steward HTTP app: API under ``/api/v1``, the sandbox under ``/sandbox``, ``/healthz``."""
+    """Build the Steward HTTP app: API under ``/api/v1``, the pages (the inbox under ``/inbox``), the
+    sandbox under ``/sandbox``, ``/healthz``."""
     settings = settings or Settings()
     extra = list(routers) if routers is not None else [load_object(spec) for spec in settings.routers]
+    sites: list[WebPages] = [load_object(spec) for spec in settings.pages] if pages is None else list(pages)
+    for site in sites:
+        if not isinstance(site, WebPages):
+            raise TypeError(f"STEWARD_PAGES names {site!r}, which is not a runtime.api.pages.WebPages")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -128,7 +135,7 @@ def create_app(
         docs_url="/docs",
     )
 
-    problems.install(app)
+    problems.install(app, sites)
     setup_tracing()
     # Every HTTP request is a server span (W3C traceparent honoured); probes and scrapes are not traced.
     # The ASGI messages of a request (receive, send) are not spans of their own: one span per request.
@@ -175,6 +182,8 @@ def create_app(
     for router in extra:
         api.include_router(router)
     app.include_router(api)
+    for site in sites:
+        app.include_router(site.router, include_in_schema=False)
     if settings.sandbox_mounted:  # demo mode only, unless STEWARD_MOUNT_SANDBOX says otherwise
         app.mount("/sandbox", load_object("sandbox:create_sandbox_app")(path=settings.sandbox_path,
                                                                          token=SANDBOX_TOKEN))

@@ -11,6 +11,7 @@
     ├── Forbidden                   403  the caller is known but may not do this (audited)
     │   └── SeparationOfDuties           the person who started a run may not approve it
     ├── Conflict                    409  the request fits no longer (already decided, finished ...)
+    ├── TooManyRequests             429  too many attempts (sign-in); retry after ``retry_after`` seconds
     ├── WorkflowDefinitionError     500  a workflow module is malformed (raised at construction)
     │   └── WorkflowCodeChanged          a version's code changed after runs started on it (start-up refused)
     ├── NonDeterministicReplay      500  a re-executed step proposed another call than the one recorded
@@ -106,6 +107,16 @@ class SeparationOfDuties(Forbidden):
 class Conflict(StewardError):
     code = "conflict"
     status_code = 409
+
+
+class TooManyRequests(StewardError):
+    code = "too_many_requests"
+    status_code = 429
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
 
 
 class WorkflowDefinitionError(StewardError):

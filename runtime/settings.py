@@ -38,6 +38,17 @@ class Settings(BaseSettings):
         description="module:attr strings naming extra FastAPI routers to mount under /api/v1",
     )
 
+    pages: list[str] = Field(
+        default_factory=lambda: ["approvals.inbox:PAGES"],
+        description="module:attr strings naming server-rendered pages (runtime.api.pages.WebPages) to mount",
+    )
+    session_idle_minutes: float = Field(30.0, gt=0, description="An inbox session unused this long ends")
+    session_absolute_hours: float = Field(8.0, gt=0, description="An inbox session ends this long after sign-in")
+    sign_in_attempts: int = Field(5, ge=1, description=(
+        "Failed inbox sign-ins allowed per name and per client address within sign_in_window_minutes; "
+        "more answer 429 with Retry-After"))
+    sign_in_window_minutes: float = Field(15.0, gt=0)
+
     policies: list[Path] = Field(default_factory=lambda: [POLICIES], description=(
         "Folders of Cedar policies (*.cedar) and schemas (*.cedarschema), loaded together; start-up "
         "stops on any malformed file (default: the policies/ folder shipped with Steward)"))

@@ -19,22 +19,26 @@ nothing of the internals.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import re
 import uuid
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from runtime.api.pages import WebPages
 from runtime.db import is_transient
-from runtime.errors import DatabaseUnavailable, StewardError
+from runtime.errors import DatabaseUnavailable, StewardError, TooManyRequests
 from runtime.logs import request_id
 
 log = logging.getLogger("steward.api")
@@ -72,6 +76,7 @@ _DESCRIPTIONS = {
     404: "No such resource",
     409: "The request no longer fits the resource's state",
     422: "The request is invalid; `errors` names each bad field",
+    429: "Too many attempts; retry after the `Retry-After` seconds",
     503: "The database is unavailable or busy; retry (`retryable: true`, `Retry-After`)",
 }
 
@@ -137,6 +142,8 @@ def from_error(exc: StewardError) -> JSONResponse:
         headers["WWW-Authenticate"] = "Bearer"
     if exc.retryable and exc.status_code == 503:
         headers["Retry-After"] = "1"
+    if isinstance(exc, TooManyRequests):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     details = exc.details
     errors = details if exc.status_code == 422 and _field_errors(details) else None
     return problem(exc.status_code, exc.message, code=exc.code, errors=errors, retryable=exc.retryable,
@@ -179,28 +186,42 @@ def unexpected(exc: BaseException) -> JSONResponse:
                    code="internal_error", title="Internal error")
 
 
-def install(app: FastAPI) -> None:
-    """Answer every error of ``app`` as a problem (see the module docstring)."""
+def install(app: FastAPI, pages: Sequence[WebPages] = ()) -> None:
+    """Answer every error of ``app`` as a problem (see the module docstring); under a prefix of
+    ``pages``, the pages show that problem to a person instead."""
 
-    async def steward_error(_: Request, exc: Exception) -> JSONResponse:
+    async def steward_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StewardError)
-        return from_error(exc)
+        return shown(request.scope, from_error(exc), pages)
 
-    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+    async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        return from_validation(exc)
+        return shown(request.scope, from_validation(exc), pages)
 
-    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if exc.status_code == 405:  # Starlette names the first matching route's methods only
             exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed_methods(app, request.scope))}
-        return from_http(exc)
+        return shown(request.scope, from_http(exc), pages)
 
     app.openapi = lambda: openapi(app)  # type: ignore[method-assign]
     app.add_exception_handler(StewardError, steward_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
-    app.add_middleware(RequestIds)
+    app.add_middleware(RequestIds, pages=tuple(pages))
+
+
+_PASSED_ON = ("allow", "retry-after", "www-authenticate")
+
+
+def shown(scope: Scope, response: JSONResponse, pages: Sequence[WebPages]) -> Response:
+    """``response`` as is, or rendered by the pages that own the request's path."""
+    path = scope.get("path", "")
+    for page in pages:
+        if page.owns(path):
+            headers = {k: v for k, v in response.headers.items() if k.lower() in _PASSED_ON}
+            return page.render_problem(Request(scope), json.loads(response.body), response.status_code, headers)
+    return response
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -221,8 +242,9 @@ class RequestIds:
     answer it in the response's header, and turn an exception that escapes the app into a problem
     (after the response started, nothing can be answered any more: the connection is closed)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, pages: Sequence[WebPages] = ()) -> None:
         self.app = app
+        self.pages = pages
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -238,12 +260,14 @@ class RequestIds:
         token = request_id.set(rid)
         started = False
         header = (HEADER.lower().encode(), rid.encode())
+        # Every answer, JSON or page: never sniffed into another type than the one declared.
+        nosniff = (b"x-content-type-options", b"nosniff")
 
         async def send_with_id(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                message["headers"] = [*message.get("headers", []), header]
+                message["headers"] = [*message.get("headers", []), header, nosniff]
             await send(message)
 
         try:
@@ -251,6 +275,6 @@ class RequestIds:
         except Exception as exc:
             if started:
                 raise
-            await unexpected(exc)(scope, receive, send_with_id)
+            await shown(scope, unexpected(exc), self.pages)(scope, receive, send_with_id)
         finally:
             request_id.reset(token)

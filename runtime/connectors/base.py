@@ -62,6 +62,7 @@ class Effect(str, enum.Enum):
 
 
 Resource = Callable[[dict[str, Any]], tuple[str, str]]
+Current = Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]
 ContextBuilder = Callable[["Facts", dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
@@ -78,6 +79,7 @@ class ActionSpec:
     requires_approval: bool = False
     resource: Resource | None = field(default=None, compare=False)
     context: ContextBuilder | None = field(default=None, compare=False)
+    current: Current | None = field(default=None, compare=False)
 
     def policy_resource(self, arguments: dict[str, Any]) -> tuple[str, str]:
         """The Cedar resource of a call: the action's own, or the connector as a whole."""
@@ -104,9 +106,13 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 def action(
     *, scope: str, effect: Effect, inverse: str | None = None, requires_approval: bool = False,
-    resource: Resource | None = None, context: ContextBuilder | None = None,
+    resource: Resource | None = None, context: ContextBuilder | None = None, current: Current | None = None,
 ) -> Callable[[F], F]:
     """Declare a connector method as a governed action (keyword-only arguments, JSON-safe).
+
+    ``current(arguments)`` names the read that shows the record a write changes, as it is now: the
+    connector's read action and its arguments (``("get_price", {"sku": ...})``); an approver sees the
+    write's arguments against it (before/after).
 
     ``resource(arguments)`` names what a call acts on as a Cedar entity (``("Sku", "SKU-1001")``;
     default: the connector); ``context(facts, arguments)`` builds the record the policies read, as the
@@ -129,6 +135,7 @@ def action(
             "requires_approval": requires_approval,
             "resource": resource,
             "context": context,
+            "current": current,
         }
         return governed  # type: ignore[return-value]
 

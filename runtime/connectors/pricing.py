@@ -55,6 +55,7 @@ class PricingConnector(Connector):
         return (await self.request("GET", "/skus"))["skus"]
 
     @action(scope="pricing.prices.write", effect=Effect.write, inverse="set_price",
-            resource=lambda a: ("Sku", a["sku"]), context=set_price_context)
+            resource=lambda a: ("Sku", a["sku"]), context=set_price_context,
+            current=lambda a: ("get_price", {"sku": a["sku"], "currency": a["currency"]}))
     async def set_price(self, *, sku: str, currency: str, amount: str) -> dict[str, Any]:
         return await self.request("PUT", f"/prices/{sku}", json={"currency": currency, "amount": amount})

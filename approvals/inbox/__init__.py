@@ -1,0 +1,13 @@
+"""The web approval inbox: server-rendered pages under ``/inbox`` (no JavaScript build step).
+
+Mounted by the composition root through ``STEWARD_PAGES`` (default ``approvals.inbox:PAGES``).
+
+>>> create_app(settings, pages=[PAGES])
+"""
+
+from approvals.inbox.routes import render_problem, router
+from runtime.api.pages import WebPages
+
+PAGES = WebPages(prefix="/inbox", router=router, render_problem=render_problem)
+
+__all__ = ["PAGES"]
