@@ -86,16 +86,18 @@ async def person(request: Request) -> SignedIn:
 
 async def read_form(request: Request) -> dict[str, str]:
     """A URL-encoded form's fields (the first value of each): at most 64 KiB, no NUL characters."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind != "application/x-www-form-urlencoded":
-        raise InputInvalid("send the form as application/x-www-form-urlencoded",
-                           details=[{"loc": ["body"], "msg": "not a form", "type": "content_type"}])
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_FORM:
             raise InputInvalid(f"the form is larger than {MAX_FORM // 1024} KiB",
                                details=[{"loc": ["body"], "msg": "too large", "type": "too_large"}])
+    if not body:
+        return {}  # an empty form: what it lacks (its CSRF token first) is refused by the caller
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        raise InputInvalid("send the form as application/x-www-form-urlencoded",
+                           details=[{"loc": ["body"], "msg": "not a form", "type": "content_type"}])
     try:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=50)
     except (UnicodeDecodeError, ValueError):

@@ -146,7 +146,7 @@ async def inbox(request: Request) -> Response:
     me = await auth.person(request)
     filters = views.Filters.parse(dict(request.query_params))
     cursor = request.query_params.get("cursor")
-    listing = await views.list_page(request.app.state.steward, filters, cursor)
+    listing = await views.list_page(request.app.state.steward, filters, cursor, limit=views.PAGE_SIZE)
     more = f"/inbox?{urlencode({**filters.params(), 'cursor': listing.next_cursor})}" if listing.next_cursor else ""
     return page("list.html", me=me, filters=filters, listing=listing, more=more, first=cursor is None,
                 risks=views.RISKS, statuses=views.STATUSES)

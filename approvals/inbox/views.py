@@ -158,7 +158,9 @@ async def current_values(steward: Any, approval: ApprovalRequest) -> tuple[list[
         return [DiffRow(k, None, v) for k, v in after.items()], (
             f"the current values could not be read ({type(exc).__name__}: {str(exc)[:200]})")
     before = _flat(record) if isinstance(record, dict) else {}
-    return [DiffRow(k, before.get(k), v) for k, v in after.items()], f"current values read live from {connector_name}"
+    # An argument the record does not hold names the record (a deal's id): it stays as it is.
+    return ([DiffRow(k, before[k] if k in before else v, v) for k, v in after.items()],
+            f"current values read live from {connector_name}")
 
 
 def may_decide(me: SignedIn, approval: ApprovalRequest) -> tuple[bool, bool, str]:

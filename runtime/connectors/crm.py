@@ -117,8 +117,15 @@ class CrmConnector(Connector):
         body = {"properties": properties, "associations": _associate(contact_id, 3)}
         return await self.request("POST", f"{OBJECTS}/deals", json=body)
 
+    @action(scope="crm.deals.read", effect=Effect.read, resource=lambda a: ("Deal", a["deal_id"]))
+    async def get_deal(self, *, deal_id: str, properties: list[str] | None = None) -> dict[str, Any]:
+        """One deal as HubSpot returns it (``{"id", "properties": {...}, ...}``), with ``properties``."""
+        params = {"properties": ",".join(properties)} if properties else None
+        return await self.request("GET", f"{OBJECTS}/deals/{deal_id}", params=params)
+
     @action(scope="crm.deals.write", effect=Effect.write, resource=lambda a: ("Deal", a["deal_id"]),
-            context=deal_context)
+            context=deal_context,
+            current=lambda a: ("get_deal", {"deal_id": a["deal_id"], "properties": sorted(a["properties"])}))
     async def update_deal(self, *, deal_id: str, properties: dict[str, Any]) -> dict[str, Any]:
         return await self.request("PATCH", f"{OBJECTS}/deals/{deal_id}", json={"properties": properties})
 

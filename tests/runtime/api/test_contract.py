@@ -46,14 +46,16 @@ def real_cursor(case) -> None:
         return
     pages, filters, key = {
         "/api/v1/runs": (runs.PAGES, ("status", "workflow"), [datetime.now(timezone.utc), "0" * 32]),
-        "/api/v1/approvals": (approvals_api.PAGES, ("status", "run_id"), [datetime.now(timezone.utc), "0" * 32]),
+        "/api/v1/approvals": (approvals_api.PAGES, ("status", "run_id", "workflow", "role", "risk", "older_than_hours"),
+                              [datetime.now(timezone.utc), "0" * 32]),
         "/api/v1/audit": (audit_routes.PAGES, ("run_id", "after_seq"), [3]),
         "/api/v1/quarantine": (quarantine.PAGES, ("status", "workflow", "kind", "run_id"),
                                [datetime.now(timezone.utc), "0" * 32]),
     }[case.path]
     values = {name: case.query.get(name) for name in filters}
-    if "after_seq" in values:
-        values["after_seq"] = int(values["after_seq"] or 0)
+    for number in ("after_seq", "older_than_hours"):
+        if values.get(number) is not None or number == "after_seq" and number in values:
+            values[number] = int(values[number] or 0)
     case.query["cursor"] = pages.cursor(key, **values)
 
 

@@ -58,6 +58,7 @@ def test_every_declared_error_status_of_every_operation_is_reachable(api, monkey
     policy_hash = run["policy_hash"]
     bodies = {("post", "/api/v1/runs"): {"workflow": "price_change", "input": PRICE_105},
               ("post", "/api/v1/approvals/{approval_id}/decision"): {"decision": "approve", "comment": "ok"},
+              ("post", "/api/v1/approvals/{approval_id}/comments"): {"comment": "margin looks thin"},
               ("post", "/api/v1/runs/{run_id}/policy"): {"policy_hash": policy_hash, "reason": "same set"},
               ("post", "/api/v1/policy/evaluate"): {"workflow": "price_change", "action": "pricing.set_price",
                                                     "arguments": {"sku": "SKU-1001", "currency": "EUR",
@@ -90,6 +91,10 @@ def test_every_declared_error_status_of_every_operation_is_reachable(api, monkey
                          headers=APPROVER)
                 return api.post(f"/api/v1/approvals/{approval}/decision", json={"decision": "reject", "comment": "no"},
                                 headers=APPROVER)
+            if path.endswith("/comments"):  # a decided request takes no more comments
+                api.post(f"/api/v1/approvals/{approval}/decision", json={"decision": "approve", "comment": "ok"},
+                         headers=APPROVER)
+                return api.post(url, json=body, headers=APPROVER)
             if path.startswith("/api/v1/quarantine/"):  # a decided record is decided
                 api.post(f"/api/v1/quarantine/{quarantined}/drop", headers=OPERATOR)
                 return api.request(method, url, headers=OPERATOR)
@@ -124,4 +129,4 @@ def test_every_declared_error_status_of_every_operation_is_reachable(api, monkey
                       for op in ops.values()}
     assert len(api_operations) >= 13
     assert {(op, s) for op in api_operations for s in (401, 503)} <= set(checked), "every operation: 401 and 503"
-    assert {("approvals-decide", 409), ("runs-cancel", 409), ("runs-create", 409), ("runs-get", 404)} <= set(checked)
+    assert {("approvals-decide", 409), ("approvals-comment", 409), ("runs-cancel", 409), ("runs-create", 409), ("runs-get", 404)} <= set(checked)
