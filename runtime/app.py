@@ -54,6 +54,21 @@ async def seed_demo_tokens(steward: Any) -> None:
     await steward.db.run(seed)
 
 
+async def seed_demo_runs(steward: Any, specs: Sequence[str]) -> int:
+    """Start the demo's runs (each once: its idempotency key is ``demo:<key>``); returns how many are new.
+    A run of a workflow this server does not load is skipped."""
+    started = 0
+    for spec in specs:
+        for entry in load_object(spec):
+            if not steward.registry.versions(entry["workflow"]):
+                continue
+            _, created = await steward.executor.submit(workflow=entry["workflow"], input=entry["input"],
+                                                       actor=DEMO_TOKENS[0][0], idempotency_key=f"demo:{entry['key']}")
+            started += created
+    steward.executor.wake()
+    return started
+
+
 async def readiness(steward: Any) -> dict[str, str]:
     """Each readiness check: ``ok`` (with what it saw) or why not."""
     def read(session: Any) -> tuple[str | None, Any]:
@@ -111,6 +126,8 @@ def create_app(
                 await seed_demo_tokens(steward)
             if start_executor:
                 await steward.executor.start()
+            if settings.demo and settings.demo_runs:
+                await seed_demo_runs(steward, settings.demo_runs)
             if not steward.db.is_sqlite:  # changes committed by workers in other processes
                 steward.changes.start_listening(steward.db.libpq_url)
             source = metrics.Source(

@@ -312,6 +312,8 @@ def serve(
     overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     if demo:
         overrides["demo"] = True
+        if "STEWARD_DEMO_RUNS" not in os.environ:  # a few requests waiting in the inbox on the first visit
+            overrides["demo_runs"] = ["workflows.demo:RUNS"]
     config = settings(**overrides)
     refuse_bad_policies(config)
     url = f"http://{config.host}:{config.port}"
@@ -321,6 +323,13 @@ def serve(
         for user, token, scopes in DEMO_TOKENS:
             typer.echo(f"demo token for {user}: {token}  ({' '.join(scopes)})")
         typer.echo(f"try: export STEWARD_URL={url} STEWARD_TOKEN={DEMO_TOKENS[0][1]}; steward workflows list")
+    from runtime.sdk import load_object
+
+    for site in (load_object(spec) for spec in config.pages):
+        typer.echo(f"{site.title}: {url}{site.prefix}")
+        if config.demo:
+            for name, password in site.demo_logins:
+                typer.echo(f"  sign in as {name} / {password}")
     sys.stdout.flush()
     from runtime.logs import configure
 

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
         "approvals.store:PORT",
         description="module:attr naming the approval port (runtime.approval.ApprovalPort) the engine asks",
     )
+    demo_runs: list[str] = Field(default_factory=list, description=(
+        "module:attr strings naming runs to start once as the demo operator ([{key, workflow, input}]); "
+        "`steward serve --demo` names workflows.demo:RUNS so the inbox has work on the first visit"))
     mount_sandbox: bool | None = Field(None, description=(
         "Serve the sandbox CRM and pricing service under /sandbox (default: in demo mode only)"))
     sandbox_path: str = Field("steward-sandbox.db", description="The mounted sandbox's own SQLite file")

@@ -6,8 +6,10 @@ Mounted by the composition root through ``STEWARD_PAGES`` (default ``approvals.i
 """
 
 from approvals.inbox.routes import render_problem, router
+from approvals.sessions import DEMO_PASSWORDS
 from runtime.api.pages import WebPages
 
-PAGES = WebPages(prefix="/inbox", router=router, render_problem=render_problem)
+PAGES = WebPages(prefix="/inbox", router=router, render_problem=render_problem, title="approval inbox",
+                 demo_logins=tuple(DEMO_PASSWORDS.items()))
 
 __all__ = ["PAGES"]

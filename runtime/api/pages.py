@@ -4,7 +4,7 @@ The human layer's web inbox is one (``approvals.inbox:PAGES``, named in ``STEWAR
 routes stay out of the OpenAPI document, and an error under its prefix is rendered by the pages
 themselves (HTML for a person) from the same problem the API would answer.
 
->>> PAGES = WebPages(prefix="/inbox", router=router, render_problem=render_problem)
+>>> PAGES = WebPages(prefix="/inbox", router=router, render_problem=render_problem, title="approval inbox")
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ class WebPages:
     prefix: str
     router: APIRouter
     render_problem: ProblemRenderer
+    title: str = "pages"
+    demo_logins: tuple[tuple[str, str], ...] = ()
+    """Demo mode's sign-ins (name, password), printed by ``steward serve --demo``."""
 
     def owns(self, path: str) -> bool:
         return path == self.prefix or path.startswith(self.prefix + "/")
