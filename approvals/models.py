@@ -28,6 +28,9 @@ class ApprovalRequest(SQLModel, table=True):
         Index("ix_approval_requests_status_created_at", "status", "created_at", "id"),
         Index("ix_approval_requests_status_workflow_created_at", "status", "workflow", "created_at", "id"),
         Index("ix_approval_requests_status_risk_created_at", "status", "risk", "created_at", "id"),
+        Index("ix_approval_requests_status_due_at", "status", "due_at"),  # the SLA sweep's three stages
+        Index("ix_approval_requests_status_remind_at", "status", "remind_at"),
+        Index("ix_approval_requests_status_expires_at", "status", "expires_at"),
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
@@ -54,6 +57,16 @@ class ApprovalRequest(SQLModel, table=True):
                       description="high when policy asks for several people (four-eyes), else normal")
     due_at: datetime = Field(default_factory=lambda: utcnow() + DEFAULT_SLA, sa_type=UTCDateTime,
                              description="When the request is due (the SLA; default a day after it opened)")
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime, description=(
+        "When an undecided request is rejected (the safe default): as long again after it was due"))
+    remind_at: datetime | None = Field(default=None, sa_type=UTCDateTime, description=(
+        "When the people who decide are reminded: half way to the deadline"))
+    reminded_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    escalated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    owner: dict[str, str] | None = Field(default=None, sa_column=Column(JSON, nullable=True),
+                                         description="The workflow's owner {name, email, backup}: escalations go there")
+    separate: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]"),
+                                description="Who else may not approve (a policy's @separate: owner)")
     status: ApprovalStatus = Field(default=ApprovalStatus.pending, max_length=20)
     decided_by: str | None = Field(default=None, max_length=200)
     comment: str | None = Field(default=None, max_length=4000)
@@ -89,3 +102,22 @@ class WebSession(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     seen_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Notification(SQLModel, table=True):
+    """One message to send (an outbox row): written in the transaction of what it reports, delivered
+    afterwards, retried until it is, so nothing is lost when a process dies in between."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_sent_at_next_attempt_at", "sent_at", "next_attempt_at"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    kind: str = Field(max_length=100, description="approval.reminder, approval.escalated, approval.expired")
+    approval_id: str | None = Field(default=None, max_length=32)
+    recipients: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    attempts: int = 0
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_error: str | None = Field(default=None, max_length=2000)

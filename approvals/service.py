@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import functools
+from datetime import datetime
 from typing import Any
 
 from opentelemetry.trace import Link
@@ -14,7 +15,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from approvals.models import ApprovalRequest, ApprovalStatus
-from approvals import users
+from approvals import notifications, users
 from approvals.store import get_approval, list_approvals
 from runtime import audit
 from runtime import store as runtime_store
@@ -24,18 +25,22 @@ from runtime.telemetry import current_trace_id, run_root, tracer
 
 
 async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, comment: str = "",
-                 arguments_hash: str | None = None, check_roles: bool = False) -> ApprovalRequest:
+                 arguments_hash: str | None = None, check_roles: bool = False, expired_at: datetime | None = None,
+                 notify: bool = False) -> ApprovalRequest:
     """Record a person's decision; when the run has no undecided request left, it is queued to resume.
 
     A request that needs several people (a policy's ``@approvals``) counts each approver once (the same
     person again is a :class:`Conflict`) and is approved at the last one needed; a rejection decides it.
     Whoever started the run may reject it but never approve it (:class:`SeparationOfDuties`, audited as
-    ``approval.sod_violation``). With ``arguments_hash`` (what the decider was shown), a request whose
+    ``approval.sod_violation``); so may the workflow's owner (the user with the owner's email) when the
+    policy says ``@separate("owner")``. With ``arguments_hash`` (what the decider was shown), a request whose
     arguments are no longer those is a :class:`Conflict`: nobody approves something other than what
     they saw. With ``check_roles`` (every person's entry point: the API, the inbox), a request that
     names roles (a policy's ``@escalate``) is decided only by someone holding one of them now
     (:class:`Forbidden`, audited as ``authz.denied``); engine code that vouches for the person leaves it
-    off.
+    off. With ``expired_at`` (the SLA sweep's now), the rejection is the request's expiry: refused
+    (:class:`Conflict`) unless it has expired by then, audited also as ``approval.expired`` and, with
+    ``notify``, reported to the workflow's owner and backup.
 
     One transaction, locks in the engine's order: the run's row, then the approval, then the audit chain."""
     if decision not in ("approve", "reject"):
@@ -48,6 +53,8 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
         run = runtime_store.lock_run(session=session, run_id=run_id)
         approval = get_approval(session=session, approval_id=approval_id)
         session.refresh(approval)  # as it is now that the run is locked (deciders of one run queue on it)
+        if expired_at is not None and (approval.expires_at is None or approval.expires_at > expired_at):
+            raise Conflict(f"approval {approval_id} has not expired")
         if approval.status != ApprovalStatus.pending:
             raise Conflict(
                 f"approval {approval_id} is already {approval.status.value}"
@@ -57,6 +64,11 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
         if decision == "approve" and actor == approval.requested_by:
             raise SeparationOfDuties(f"{actor} started run {run.id} and so may not approve its request "
                                      f"{approval_id}; another person with the right role must")
+        if decision == "approve" and "owner" in (approval.separate or []) and users.is_owner(
+                session=session, name=actor, owner=approval.owner):
+            raise SeparationOfDuties(f"{actor} owns workflow {approval.workflow}, and the policy that asked for "
+                                     f"request {approval_id} keeps its owner from approving it; another person "
+                                     "with the right role must")
         if arguments_hash is not None and arguments_hash != approval.arguments_hash:
             raise Conflict(f"approval {approval_id} no longer proposes the arguments you were shown (they were "
                            f"{arguments_hash[:12]}…, they are {approval.arguments_hash[:12]}…); read it again and "
@@ -103,6 +115,14 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
                 "decision_trace_id": current_trace_id(), "approvals": len(approvers),
                 "required_approvals": approval.required_approvals, "complete": complete,
             })
+            if expired_at is not None:
+                recipients = notifications.owners(approval)
+                audit.append(session, kind="approval.expired", actor=actor, run=run, trace_id=run.trace_id, data={
+                    "approval_id": approval_id, "expires_at": approval.expires_at.isoformat(),
+                    "recipients": recipients})
+                if notify:
+                    notifications.enqueue(session, kind="approval.expired", approval=approval, recipients=recipients,
+                                          now=expired_at, data={"expires_at": approval.expires_at.isoformat()})
             undecided = list_approvals(session=session, run_id=run.id, status=ApprovalStatus.pending)
             if complete and not undecided and run.status == RunStatus.waiting_approval:
                 steward.executor.queue_resume(session, run=run, actor=actor, reason="approval decided")

@@ -8,16 +8,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import String, cast, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from approvals import users
-from approvals.models import ApprovalRequest, ApprovalStatus
+from approvals.models import DEFAULT_SLA, ApprovalRequest, ApprovalStatus
 from runtime.approval import ApprovalDecision, ApprovalNeed
 from runtime.db import json_rows
 from runtime.errors import ApprovalNotFound
+from runtime.models import utcnow
 
 DECIDED = (ApprovalStatus.approved, ApprovalStatus.rejected)
 
@@ -92,12 +93,15 @@ class SqlApprovals:
         for need in needs:
             approval = known.get(need.interrupt_id)
             if approval is None:
+                opened = need.opened_at or utcnow()
+                sla = timedelta(seconds=need.sla_seconds) if need.sla_seconds else DEFAULT_SLA
                 approval = ApprovalRequest(
                     run_id=need.run_id, interrupt_id=need.interrupt_id, workflow=need.workflow,
                     version=need.version, node=need.node, action=need.action, arguments=need.arguments,
                     arguments_hash=need.arguments_hash, reason=need.reason, requested_by=need.requested_by,
                     roles=list(need.roles), required_approvals=need.required_approvals, policy=need.policy,
                     risk="high" if need.required_approvals > 1 else "normal",
+                    remind_at=opened + sla / 2, due_at=opened + sla, expires_at=opened + 2 * sla, owner=need.owner, separate=list(need.separate),
                 )
                 session.add(approval)
             ids.append(approval.id)

@@ -142,6 +142,13 @@ def is_disabled(*, session: Session, name: str) -> bool:
     return user is not None and user.disabled_at is not None
 
 
+def is_owner(*, session: Session, name: str, owner: dict[str, str] | None) -> bool:
+    """Whether ``name`` is the workflow owner ``owner`` describes: the user with the owner's email."""
+    user = session.get(User, name)
+    email = (owner or {}).get("email", "")
+    return bool(user is not None and email and user.email and user.email.casefold() == email.casefold())
+
+
 def roles_of(*, session: Session, name: str) -> frozenset[str]:
     """The roles ``name`` holds now: none for a disabled user or a name that is nobody here."""
     user = session.get(User, name)

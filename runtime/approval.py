@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -70,6 +71,15 @@ class ApprovalNeed:
     """How many distinct people must approve (a policy's ``@approvals``)."""
     policy: dict[str, Any] | None = None
     """The policy decision that asked for the approval (outcome, policies, reasons, policy hash)."""
+    opened_at: datetime | None = None
+    """When the engine asked (its clock, which tests may fix)."""
+    sla_seconds: float | None = None
+    """How long a person has to decide (the policy's ``@sla`` or the workflow's ``approval_sla``, the
+    shorter); None: the human layer's default."""
+    owner: dict[str, str] | None = None
+    """The workflow's owner: ``{"name", "email", "backup"}`` (where escalations go)."""
+    separate: tuple[str, ...] = ()
+    """Who else may not approve (a policy's ``@separate``: ``owner``)."""
 
 
 class ApprovalPort(Protocol):

@@ -22,7 +22,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -147,6 +147,8 @@ class Executor:
         lease_seconds: float = 30.0,
         concurrency: int = 8,
         poll_seconds: float = 1.0,
+        sweeps: Sequence[Callable[[datetime], Awaitable[Any]]] = (),
+        sweep_seconds: float = 30.0,
     ) -> None:
         self.db = db
         self.registry = registry
@@ -161,6 +163,9 @@ class Executor:
         self.lease_seconds = lease_seconds
         self.concurrency = concurrency
         self.poll_seconds = poll_seconds
+        # Periodic work of the human layer (approval deadlines, notifications), called with the clock's now.
+        self.sweeps = list(sweeps)
+        self.sweep_seconds = sweep_seconds
         self.worker_id = f"{_host_prefix()}{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._compiled: dict[tuple[str, str], Any] = {}
         self._tasks: dict[str, asyncio.Task] = {}
@@ -591,18 +596,27 @@ class Executor:
         audit.append(session, kind="run.waiting_approval", actor=SYSTEM, run=current)
         return None, current
 
-    @staticmethod
-    def _need(run: Run, item: Any) -> ApprovalNeed:
+    def _need(self, run: Run, item: Any) -> ApprovalNeed:
         value = item.value if isinstance(item.value, dict) and item.value.get("kind") == APPROVAL else {
             "action": "interrupt", "arguments": {"value": to_jsonable_python(item.value, fallback=str)},
             "arguments_hash": audit.digest(to_jsonable_python(item.value, fallback=str)),
             "reason": "the step asked a person", "node": "?",
         }
+        policy = value.get("policy") or {}
+        try:
+            wf = self.registry.get(run.workflow, run.version)
+        except WorkflowNotFound:  # a run of a version this process does not load is never driven here
+            wf = None
+        deadlines = [s for s in (policy.get("sla_seconds"),
+                                 wf.approval_sla.total_seconds() if wf and wf.approval_sla else None) if s]
         return ApprovalNeed(
             interrupt_id=item.id, run_id=run.id, workflow=run.workflow, version=run.version,
             requested_by=run.created_by, node=value["node"], action=value["action"], arguments=value["arguments"],
             arguments_hash=value["arguments_hash"], reason=value["reason"], roles=tuple(value.get("roles") or ()),
             required_approvals=int(value.get("approvals") or 1), policy=value.get("policy"),
+            opened_at=self.clock(), sla_seconds=min(deadlines) if deadlines else None,
+            owner={"name": wf.owner.name, "email": wf.owner.email, "backup": wf.owner.backup} if wf else None,
+            separate=tuple(policy.get("separate") or ()),
         )
 
     def _finish(
@@ -630,6 +644,8 @@ class Executor:
         self._loops = [asyncio.create_task(self._lease_loop())]
         if poll:
             self._loops.append(asyncio.create_task(self._poll_loop()))
+            if self.sweeps:
+                self._loops.append(asyncio.create_task(self._sweep_loop()))
             if not self.db.is_sqlite:
                 self._loops.append(asyncio.create_task(self._listen_loop()))
 
@@ -655,6 +671,18 @@ class Executor:
             self._heartbeat = False
             with contextlib.suppress(Exception):
                 await self.db.run(lambda s: store.forget_worker(session=s, worker_id=self.worker_id))
+
+    async def _sweep_loop(self) -> None:
+        while not self._stopping:
+            for sweep in self.sweeps:
+                try:
+                    await sweep(self.clock())
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("sweep %s failed; trying again in %s s", getattr(sweep, "__name__", sweep),
+                                  self.sweep_seconds)
+            await asyncio.sleep(self.sweep_seconds)
 
     async def _poll_loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -5,7 +5,10 @@ names: principals, one action per connector action, resources and each action's
 context). Every statement carries two annotations, ``@id("...")`` (unique, stable: what
 audit events and errors name) and ``@reason("...")`` (what a person reads). A ``forbid``
 annotated ``@escalate("role")`` (and optionally ``@approvals("2")``) does not deny: it
-asks that many distinct people of that role to approve the call instead.
+asks that many distinct people of that role to approve the call instead. Two more
+annotations shape that request: ``@sla("4h")`` (when it is due: minutes ``m``, hours ``h``
+or days ``d``; the shortest of the matching escalations wins; default the workflow's, else a
+day) and ``@separate("owner")`` (the workflow's owner may not approve it either).
 
 An action is allowed when a ``permit`` matches and no ``forbid`` does; denied when a
 plain ``forbid`` matches or no ``permit`` does (default deny); escalated when it would be
@@ -38,7 +41,11 @@ from runtime.errors import PolicyContextInvalid, PolicyLoadError
 POLICY_SUFFIX = ".cedar"
 SCHEMA_SUFFIX = ".cedarschema"
 DEFAULT_FOLDER = Path(__file__).resolve().parent.parent / "policies"
-ANNOTATIONS = frozenset({"id", "reason", "escalate", "approvals"})
+ANNOTATIONS = frozenset({"id", "reason", "escalate", "approvals", "sla", "separate"})
+DURATION = re.compile(r"^([1-9][0-9]{0,4})([mhd])$")
+_UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400}
+MAX_SLA_SECONDS = 365 * 86400
+SEPARABLE = frozenset({"owner"})  # who @separate may keep from approving
 POLICY_ID = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
 ROLE = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
 MAX_APPROVALS = 5
@@ -158,6 +165,8 @@ class Statement:
     line: int
     escalate: str | None = None
     approvals: int = 1
+    sla_seconds: int | None = None
+    separate: frozenset[str] = frozenset()
 
     @property
     def escalates(self) -> bool:
@@ -205,6 +214,10 @@ class PolicyDecision:
     context_digest: str
     roles: tuple[str, ...] = ()
     approvals: int = 0
+    sla_seconds: int | None = None
+    """When an escalation is due (the shortest ``@sla`` of its policies); None: the workflow's default."""
+    separate: tuple[str, ...] = ()
+    """Who else may not approve (``@separate("owner")``: the workflow's owner)."""
 
     @property
     def reason(self) -> str:
@@ -217,6 +230,10 @@ class PolicyDecision:
                                "context_digest": self.context_digest}
         if self.outcome == "escalate":
             out |= {"roles": list(self.roles), "approvals": self.approvals}
+            if self.sla_seconds is not None:
+                out["sla_seconds"] = self.sla_seconds
+            if self.separate:
+                out["separate"] = list(self.separate)
         return out
 
 
@@ -321,9 +338,11 @@ class Policies:
             return decide("deny", (), _default_deny(request))
         if not escalations:
             return decide("allow", ids)
+        slas = [s.sla_seconds for s in escalations if s.sla_seconds is not None]
         return decide("escalate", tuple(s.id for s in escalations),
                       roles=tuple(sorted({s.escalate for s in escalations if s.escalate})),
-                      approvals=max(s.approvals for s in escalations))
+                      approvals=max(s.approvals for s in escalations), sla_seconds=min(slas) if slas else None,
+                      separate=tuple(sorted(set().union(*(s.separate for s in escalations)))))
 
     def _principal(self, workflow: str, version: str) -> cedarpy.Entities:
         """The principal's entity (a workflow version, member of its workflow), with the schema's action
@@ -431,7 +450,7 @@ def _statement(file: str, line: int, text: str, schema: cedarpy.Schema | None,
     notes: dict[str, str] = policy.get("annotations") or {}
     unknown = sorted(set(notes) - ANNOTATIONS)
     if unknown:
-        problem(f"unknown annotation @{unknown[0]}; known: @id, @reason, @escalate, @approvals")
+        problem(f"unknown annotation @{unknown[0]}; known: @id, @reason, @escalate, @approvals, @sla, @separate")
         return None
     pid, reason = notes.get("id") or "", (notes.get("reason") or "").strip()
     if not POLICY_ID.match(pid):
@@ -458,13 +477,31 @@ def _statement(file: str, line: int, text: str, schema: cedarpy.Schema | None,
             problem(f"policy {pid}: @approvals({approvals!r}) must be a whole number from 1 to {MAX_APPROVALS}")
             return None
         count = int(approvals)
+    sla, separate = notes.get("sla"), notes.get("separate")
+    sla_seconds = None
+    for name, value in (("sla", sla), ("separate", separate)):
+        if value is not None and escalate is None:
+            problem(f"policy {pid}: @{name} needs @escalate (it shapes the approval an escalation asks for)")
+            return None
+    if sla is not None:
+        matched = DURATION.match(sla)
+        if not matched or int(matched.group(1)) * _UNIT_SECONDS[matched.group(2)] > MAX_SLA_SECONDS:
+            problem(f"policy {pid}: @sla({sla!r}) must be a duration such as \"30m\", \"4h\" or \"2d\" "
+                    "(at most a year)")
+            return None
+        sla_seconds = int(matched.group(1)) * _UNIT_SECONDS[matched.group(2)]
+    if separate is not None and separate not in SEPARABLE:
+        problem(f"policy {pid}: @separate({separate!r}) must name whom to keep from approving: "
+                f"{', '.join(sorted(SEPARABLE))}")
+        return None
     if schema is not None:
         checked = cedarpy.validate_policies(text, schema)
         if not checked.validation_passed:
             problem(f"policy {pid}: {'; '.join(e.error.replace('policy0', pid) for e in checked.errors)}")
             return None
     return Statement(id=pid, effect=policy["effect"], reason=reason, file=file, line=line, escalate=escalate,
-                     approvals=count), policy
+                     approvals=count, sla_seconds=sla_seconds,
+                     separate=frozenset({separate}) if separate else frozenset()), policy
 
 
 # -- loading, cached by content hash ---------------------------------------------------------------

@@ -34,6 +34,7 @@ import marshal
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
@@ -54,10 +55,15 @@ _email = TypeAdapter(EmailStr)
 
 @dataclass(frozen=True)
 class Owner:
-    """The named person answerable for a workflow."""
+    """The named person answerable for a workflow, and optionally their backup's email: an approval
+    that passes its deadline is escalated to both.
+
+    >>> Owner(name="Pricing Operations Lead", email="pricing-ops@example.com", backup="pricing-deputy@example.com")
+    """
 
     name: str
     email: str
+    backup: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,10 @@ class Workflow:
     grants: frozenset[str] = field(default_factory=frozenset)
     checks: Mapping[str, RecordChecks] = field(default_factory=dict, hash=False)
     """Data-quality checks by record kind (give a list of :class:`RecordChecks`), see ``runtime.quality``."""
+    approval_sla: timedelta | None = None
+    """How long a person has to decide this workflow's approvals (a policy's ``@sla`` may shorten it);
+    None: a day. Past it the request is escalated to the owner and their backup; past it twice over,
+    it expires and is rejected (the safe default)."""
     models: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """Default chat models by name (a ``BaseChatModel`` or a function returning one); a process may
     configure another under the same name (``STEWARD_MODELS``), see :meth:`StepContext.model`."""
@@ -92,6 +102,14 @@ class Workflow:
                 _email.validate_python(self.owner.email)
             except ValidationError:
                 problems.append(f"owner email {self.owner.email!r} is not an email address")
+            if self.owner.backup:
+                try:
+                    _email.validate_python(self.owner.backup)
+                except ValidationError:
+                    problems.append(f"owner backup {self.owner.backup!r} is not an email address")
+        if self.approval_sla is not None and not (
+                isinstance(self.approval_sla, timedelta) and timedelta(minutes=1) <= self.approval_sla <= timedelta(days=365)):
+            problems.append(f"approval_sla {self.approval_sla!r} must be a timedelta from a minute to a year")
         if not isinstance(self.description, str) or not self.description.strip():
             problems.append("description must say what the workflow does")
         if not (isinstance(self.input_model, type) and issubclass(self.input_model, BaseModel)):

@@ -141,9 +141,12 @@ async def open_steward(
                 lease_seconds=settings.lease_seconds, concurrency=settings.executor_concurrency,
                 poll_seconds=settings.executor_poll_seconds,
             )
-            try:
-                yield Steward(settings=settings, db=db, registry=registry, executor=executor, changes=changes,
+            steward = Steward(settings=settings, db=db, registry=registry, executor=executor, changes=changes,
                               quarantine=Quarantine(db=db, registry=registry, executor=executor))
+            executor.sweeps = [functools.partial(load_object(spec), steward) for spec in settings.sweeps]
+            executor.sweep_seconds = settings.sweep_seconds
+            try:
+                yield steward
             finally:
                 await executor.stop()
                 await changes.stop()

@@ -49,6 +49,15 @@ class Settings(BaseSettings):
         "more answer 429 with Retry-After"))
     sign_in_window_minutes: float = Field(15.0, gt=0)
 
+    sweeps: list[str] = Field(default_factory=lambda: ["approvals.sla:sweep"], description=(
+        "module:attr naming async functions (steward, now) the executor calls every sweep_seconds: the "
+        "approvals' reminders, escalations, expiries and notifications"))
+    sweep_seconds: float = Field(30.0, gt=0, description="How often executors run the sweeps")
+    notify_webhook_url: str = Field("", description=(
+        "Where notifications (approval reminders, escalations, expiries) are POSTed as JSON, signed with "
+        "HMAC-SHA256 in the Steward-Signature header; empty: none are sent (the audit trail still has them)"))
+    notify_webhook_secret: str = Field("", description="The HMAC key; required with notify_webhook_url")
+
     policies: list[Path] = Field(default_factory=lambda: [POLICIES], description=(
         "Folders of Cedar policies (*.cedar) and schemas (*.cedarschema), loaded together; start-up "
         "stops on any malformed file (default: the policies/ folder shipped with Steward)"))
@@ -108,6 +117,13 @@ class Settings(BaseSettings):
                     f"STEWARD_{name.upper()}_TOKEN is the sandbox default but STEWARD_{name.upper()}_URL "
                     f"points at {url!r}; set a real token or use STEWARD_DEMO=true"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _webhook_needs_a_secret(self) -> "Settings":
+        if self.notify_webhook_url and len(self.notify_webhook_secret) < 16:
+            raise ValueError("STEWARD_NOTIFY_WEBHOOK_URL needs STEWARD_NOTIFY_WEBHOOK_SECRET (at least 16 "
+                             "characters): the receiver checks each notification's signature with it")
         return self
 
     @property
