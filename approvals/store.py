@@ -17,6 +17,7 @@ from approvals import users
 from approvals.models import DEFAULT_SLA, ApprovalRequest, ApprovalStatus
 from runtime.approval import ApprovalDecision, ApprovalNeed
 from runtime.db import json_rows
+from runtime.models import AuditEvent
 from runtime.errors import ApprovalNotFound
 from runtime.models import utcnow
 
@@ -136,6 +137,10 @@ class SqlApprovals:
                 .scalar_subquery())
 
 
+    def disagreements(self, session: Session) -> list[str]:
+        """Approval rows that differ from the audit events they project (see :func:`disagreements`)."""
+        return disagreements(session)
+
     def disabled(self, session: Session, *, user: str) -> bool:
         return users.is_disabled(session=session, name=user)
 
@@ -144,3 +149,69 @@ class SqlApprovals:
 
 
 PORT = SqlApprovals()
+
+
+PROJECTED = ("approval.requested", "approval.edited", "approval.decided")
+
+
+def disagreements(session: Session, *, batch: int = 5000) -> list[str]:
+    """Each approval row whose state is not what its audit events say: the arguments hash of the last
+    ``approval.requested``/``approval.edited`` event, and, for a decided request, the status and decider
+    of its deciding ``approval.decided`` event and every approver's own approving event. The events are
+    the record; the rows are their projection, so a row edited behind Steward's back is named here."""
+    expected: dict[str, dict[str, Any]] = {}
+    after = 0
+    while True:  # the events in chain order, a batch at a time
+        events = session.scalars(select(AuditEvent).where(AuditEvent.kind.in_(PROJECTED), AuditEvent.seq > after)
+                                 .order_by(AuditEvent.seq).limit(batch)).all()
+        if not events:
+            break
+        after = events[-1].seq
+        for event in events:
+            data = event.data or {}
+            approval_id = data.get("approval_id")
+            if not approval_id:
+                continue
+            state = expected.setdefault(approval_id, {"hash": None, "approvers": set(), "decision": None,
+                                                      "decider": None, "seq": event.seq})
+            if event.kind == "approval.requested" or event.kind == "approval.edited":
+                state["hash"] = data.get("arguments_hash")
+                if event.kind == "approval.edited":
+                    state["approvers"] = set()
+            elif data.get("decision") == "approve" or data.get("complete"):
+                if data.get("decision") == "approve":
+                    state["approvers"].add(event.actor)
+                if data.get("complete"):
+                    state["decision"], state["decider"] = data.get("decision"), event.actor
+    problems: list[str] = []
+    after_id = ""
+    while True:
+        rows = session.scalars(select(ApprovalRequest).where(ApprovalRequest.id > after_id)
+                               .order_by(ApprovalRequest.id).limit(batch)).all()
+        if not rows:
+            break
+        after_id = rows[-1].id
+        for row in rows:
+            problems += _disagreement(row, expected.get(row.id))
+    return problems
+
+
+def _disagreement(row: ApprovalRequest, state: dict[str, Any] | None) -> list[str]:
+    name = f"approval {row.id}"
+    if state is None:
+        return [f"{name} has no approval.requested event: the row was not written by Steward"]
+    found = []
+    if state["hash"] != row.arguments_hash:
+        found.append(f"{name} proposes arguments {row.arguments_hash[:12]}… but its events say "
+                     f"{(state['hash'] or 'none')[:12]}…")
+    decided = {ApprovalStatus.approved: "approve", ApprovalStatus.rejected: "reject"}.get(row.status)
+    if decided is not None and (state["decision"], state["decider"]) != (decided, row.decided_by):
+        found.append(f"{name} is {row.status.value} by {row.decided_by} but its events say "
+                     + (f"{state['decision']} by {state['decider']}" if state["decision"] else "undecided"))
+    if row.status == ApprovalStatus.pending and state["decision"] is not None:
+        found.append(f"{name} is pending but its events say {state['decision']} by {state['decider']}")
+    approvers = {entry.get("approver") for entry in row.approvers or []}
+    if not approvers <= state["approvers"]:
+        found.append(f"{name} counts approvals by {', '.join(sorted(approvers - state['approvers']))} that no "
+                     "approval.decided event records")
+    return found

@@ -106,6 +106,11 @@ class ApprovalPort(Protocol):
         """How many requests wait for a person, and when the oldest was opened (None when none)."""
         ...
 
+    def disagreements(self, session: Session) -> list[str]:
+        """What ``audit verify`` reports besides the chain: each request whose row differs from the
+        audit events it is a projection of (its decision, decider, approvers or arguments)."""
+        ...
+
     def disabled(self, session: Session, *, user: str) -> bool:
         """Whether ``user`` was disabled (their tokens stop working, also ones issued afterwards)."""
         ...

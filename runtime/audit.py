@@ -13,9 +13,10 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -157,9 +158,12 @@ class Verification:
     events: int
     broken_seq: int | None = None
     reason: str | None = None
+    disagreements: tuple[str, ...] = ()
+    """Rows that differ from the events they project (an approval's decision, say): see :func:`verify`."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "events": self.events, "broken_seq": self.broken_seq, "reason": self.reason}
+        return {"ok": self.ok, "events": self.events, "broken_seq": self.broken_seq, "reason": self.reason,
+                "disagreements": list(self.disagreements)}
 
 
 def verify_events(events: Iterable[dict[str, Any]], *, head_seq: int, head_hash: str) -> Verification:
@@ -211,8 +215,11 @@ def _events_in_batches(cursor: Any, raw: RawSql, batch: int) -> Iterator[dict[st
         after = rows[-1][0]
 
 
-def verify(session: Session, *, batch: int = VERIFY_BATCH) -> Verification:
-    """Recompute the whole chain in order; name the first event that is missing or altered.
+def verify(session: Session, *, batch: int = VERIFY_BATCH,
+           projections: Callable[[Session], list[str]] | None = None) -> Verification:
+    """Recompute the whole chain in order; name the first event that is missing or altered. With
+    ``projections`` (the approval port's ``disagreements``), also name each row that differs from the
+    events it projects; any makes the verification fail.
 
     A long chain is read ``batch`` events at a time; run it as a read-only transaction, so that it
     reads one snapshot beside the writers instead of holding them up:
@@ -223,4 +230,9 @@ def verify(session: Session, *, batch: int = VERIFY_BATCH) -> Verification:
     cursor = raw_cursor(session)
     cursor.execute(raw.sql(_HEAD))
     head_seq, head_hash = cursor.fetchone()
-    return verify_events(_events_in_batches(cursor, raw, batch), head_seq=head_seq, head_hash=head_hash)
+    result = verify_events(_events_in_batches(cursor, raw, batch), head_seq=head_seq, head_hash=head_hash)
+    found = tuple(projections(session)) if projections is not None else ()
+    if not found:
+        return result
+    return dataclasses.replace(result, ok=False, disagreements=found,
+                               reason=result.reason or f"{len(found)} row(s) differ from their audit events")

@@ -455,14 +455,22 @@ def admin() -> str:
 
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Recompute the hash chain; exit 1 and name the first broken event if it was tampered with."""
-    from runtime import audit
+    """Recompute the hash chain and compare the approvals with their events; exit 1 and name the first
+    broken event and each approval that disagrees if anything was tampered with."""
+    import functools
 
-    result = local(audit.verify, read_only=True)
+    from runtime import audit
+    from runtime.sdk import load_object
+
+    port = load_object(settings().approvals)
+    result = local(functools.partial(audit.verify, projections=port.disagreements), read_only=True)
     if result.ok:
-        typer.echo(f"audit chain intact: {result.events} events verified")
+        typer.echo(f"audit chain intact: {result.events} events verified; approvals agree with their events")
         return
-    typer.echo(f"audit chain BROKEN at event {result.broken_seq}: {result.reason}", err=True)
+    if result.broken_seq is not None:
+        typer.echo(f"audit chain BROKEN at event {result.broken_seq}: {result.reason}", err=True)
+    for found in result.disagreements:
+        typer.echo(f"DISAGREES: {found}", err=True)
     raise typer.Exit(1)
 
 

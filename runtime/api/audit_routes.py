@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
@@ -40,6 +41,7 @@ async def list_audit(
 
 
 @router.get("/verify", operation_id="audit-verify", responses=errors(401, 403),
-            summary="Recompute the hash chain; name the first broken event")
+            summary="Recompute the hash chain; name the first broken event and any approval that differs from its events")
 async def verify(steward: StewardDep, _: AuditRead) -> dict[str, Any]:
-    return (await steward.db.run(audit.verify, read_only=True)).to_dict()
+    check = functools.partial(audit.verify, projections=steward.executor.approvals.disagreements)
+    return (await steward.db.run(check, read_only=True)).to_dict()
