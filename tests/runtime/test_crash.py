@@ -64,7 +64,7 @@ def test_killed_worker_run_is_finished_by_a_restarted_server_without_duplicate_w
         assert kinds.count("connector.call") == 2 and kinds.count("connector.replayed") == 1
         assert httpx.get(f"{base}/api/v1/audit/verify", headers=auth).json() == {
             "ok": True, "events": len(httpx.get(f"{base}/api/v1/audit", headers=auth).json()["data"]), "broken_seq": None,
-            "reason": None}
+            "reason": None, "disagreements": []}
     finally:
         server.terminate()
         server.wait(timeout=20)

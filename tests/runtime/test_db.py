@@ -95,7 +95,8 @@ async def test_a_long_verify_leaves_the_loop_and_the_writer_free(steward, settin
     assert seen["thread"] != loop_thread
     assert ticks_while_paused >= 100
     assert response.status_code == 200
-    assert response.json() == {"ok": True, "events": before + 1000, "broken_seq": None, "reason": None}  # its snapshot
+    assert response.json() == {"ok": True, "events": before + 1000, "broken_seq": None, "reason": None,
+                               "disagreements": []}  # its snapshot
     assert (await db.run(audit.verify, read_only=True)).events == before + 1001
 
 
