@@ -62,13 +62,15 @@ async def get_approval(approval_id: str, steward: StewardDep, _: ApprovalsRead) 
 
 
 @router.post("/{approval_id}/decision", response_model=ApprovalPublic, operation_id="approvals-decide",
-             responses=errors(401, 403, 404, 409), summary="Approve or reject")
+             responses=errors(401, 403, 404, 409), summary="Approve (as proposed or edited) or reject")
 async def decide(approval_id: str, body: DecisionCreate, steward: StewardDep, user: ApprovalsDecide) -> ApprovalPublic:
     """Record the caller's decision; the run resumes with it. Deciding twice, or on arguments other than
     the request's now (`arguments_hash`), answers 409; approving a run you started, or deciding a request
-    for a role you do not hold (`roles`), answers 403."""
+    for a role you do not hold (`roles`), answers 403. An approval with `arguments` approves the call as
+    edited: arguments that do not fit the action, or that the policies deny, answer 422."""
     approval = await service.decide(steward, approval_id=approval_id, decision=body.decision, actor=user,
-                                    comment=body.comment, arguments_hash=body.arguments_hash, check_roles=True)
+                                    comment=body.comment, arguments_hash=body.arguments_hash, check_roles=True,
+                                    arguments=body.arguments)
     return ApprovalPublic.model_validate(approval)
 
 

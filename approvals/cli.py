@@ -5,6 +5,7 @@ made with the caller's token, so the approver recorded is the token's user.
 
     steward approvals list
     steward approvals decide 4f1c… approve --comment "margin ok"
+    steward approvals decide 4f1c… approve --arguments-hash 9e0b… --arguments '{"sku": "SKU-1001", …}'
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def approvals_show(approval_id: str, output: OutputOption = Output.text) -> None
         emit_json(approval)
         return
     emit_fields(approval, ["id", "run_id", "workflow", "version", "node", "action", "reason", "arguments",
-                           "arguments_hash", "requested_by", "status", "decided_by", "comment", "created_at",
+                           "arguments_hash", "proposed_arguments", "edited_by", "requested_by", "status",
+                           "decided_by", "comment", "created_at",
                            "decided_at"])
 
 
@@ -58,6 +60,9 @@ def approvals_decide(
     comment: Annotated[str, typer.Option(help="Why")] = "",
     arguments_hash: Annotated[str | None, typer.Option(
         help="The request's arguments_hash as you read it (see `approvals show`): refused if they changed since")] = None,
+    arguments: Annotated[str | None, typer.Option(
+        help="Approve the call with these arguments instead, as a JSON object (edit within policy; needs "
+             "--arguments-hash)")] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the run until it pauses or ends")] = True,
     timeout: Timeout = 600.0,
     output: OutputOption = Output.json,
@@ -65,11 +70,22 @@ def approvals_decide(
     """Approve or reject as the token's user; by default follow the run and print it as it then stands."""
     if decision not in ("approve", "reject"):
         fail(f"decision must be approve or reject, not {decision!r}")
+    edited = None
+    if arguments is not None:
+        try:
+            edited = json.loads(arguments)
+        except ValueError as exc:
+            fail(f"--arguments is not JSON: {exc}")
+        if not isinstance(edited, dict):
+            fail("--arguments must be a JSON object of the action's arguments")
+        if decision != "approve" or not arguments_hash:
+            fail("--arguments goes with approve and --arguments-hash (the hash of what you edited)")
 
     def go(api: Any) -> dict[str, Any]:
         approval = api.post(f"/api/v1/approvals/{approval_id}/decision",
                             {"decision": decision, **({"comment": comment} if comment else {}),
-                             **({"arguments_hash": arguments_hash} if arguments_hash else {})})
+                             **({"arguments_hash": arguments_hash} if arguments_hash else {}),
+                             **({"arguments": edited} if edited is not None else {})})
         if not wait:
             return approval
         return follow(api, api.get(f"/api/v1/runs/{approval['run_id']}"), timeout=timeout)

@@ -67,6 +67,11 @@ class ApprovalRequest(SQLModel, table=True):
                                          description="The workflow's owner {name, email, backup}: escalations go there")
     separate: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]"),
                                 description="Who else may not approve (a policy's @separate: owner)")
+    proposed_arguments: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True), description=(
+        "What the step proposed, when an approver edited it (``arguments`` is then the edited call)"))
+    proposed_arguments_hash: str | None = Field(default=None, max_length=64)
+    edited_by: str | None = Field(default=None, max_length=200, description="Who last edited the arguments")
+    edited_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     status: ApprovalStatus = Field(default=ApprovalStatus.pending, max_length=20)
     decided_by: str | None = Field(default=None, max_length=200)
     comment: str | None = Field(default=None, max_length=4000)

@@ -7,8 +7,14 @@
 from __future__ import annotations
 
 import functools
+import inspect
+import typing
+import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from pydantic import ConfigDict, ValidationError, create_model
 
 from opentelemetry.trace import Link
 from sqlalchemy import update
@@ -19,14 +25,17 @@ from approvals import notifications, users
 from approvals.store import get_approval, list_approvals
 from runtime import audit
 from runtime import store as runtime_store
-from runtime.errors import Conflict, Forbidden, InputInvalid, SeparationOfDuties
+from runtime.errors import (Conflict, EditDenied, Forbidden, InputInvalid, PolicyContextInvalid,
+                            SeparationOfDuties)
+from runtime.facts import Facts
+from runtime.policy import PolicyDecision, PolicyRequest
 from runtime.models import RunStatus, utcnow
 from runtime.telemetry import current_trace_id, run_root, tracer
 
 
 async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, comment: str = "",
                  arguments_hash: str | None = None, check_roles: bool = False, expired_at: datetime | None = None,
-                 notify: bool = False) -> ApprovalRequest:
+                 notify: bool = False, arguments: dict[str, Any] | None = None) -> ApprovalRequest:
     """Record a person's decision; when the run has no undecided request left, it is queued to resume.
 
     A request that needs several people (a policy's ``@approvals``) counts each approver once (the same
@@ -42,11 +51,28 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
     (:class:`Conflict`) unless it has expired by then, audited also as ``approval.expired`` and, with
     ``notify``, reported to the workflow's owner and backup.
 
+    With ``arguments`` (an approval only, with the ``arguments_hash`` shown), the person approves the
+    call as edited: see :func:`check_edit`. The request then proposes the edited call (the step's
+    proposal is kept), earlier approvals of other arguments no longer count, and who must approve and
+    how many are what the policies say of the edited call; audited as ``approval.edited`` before the
+    decision.
+
     One transaction, locks in the engine's order: the run's row, then the approval, then the audit chain."""
     if decision not in ("approve", "reject"):
         raise InputInvalid(f"decision must be 'approve' or 'reject', not {decision!r}",
                            details=[{"loc": ["body", "decision"], "msg": "must be approve or reject"}])
     status = ApprovalStatus.approved if decision == "approve" else ApprovalStatus.rejected
+    edit = None
+    if arguments is not None:
+        if decision != "approve" or arguments_hash is None:
+            raise InputInvalid("edited arguments go with an approval and the arguments_hash you were shown",
+                               details=[{"loc": ["body", "arguments"], "type": "value_error",
+                                         "msg": "only with decision approve and arguments_hash"}])
+        try:
+            edit = await check_edit(steward, approval_id=approval_id, arguments=arguments)
+        except EditDenied as denied:
+            await steward.db.run(functools.partial(_edit_denied, approval_id=approval_id, actor=actor, denied=denied))
+            raise
 
     def record(session: Session) -> ApprovalRequest:
         run_id = get_approval(session=session, approval_id=approval_id).run_id
@@ -74,25 +100,30 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
                            f"{arguments_hash[:12]}…, they are {approval.arguments_hash[:12]}…); read it again and "
                            "decide on what it proposes now", details={"arguments_hash": approval.arguments_hash})
         if check_roles and approval.roles:
-            held = users.roles_of(session=session, name=actor)
-            if not held & set(approval.roles):
-                raise Forbidden(f"approval {approval_id} is for {' or '.join(approval.roles)}, which {actor} is not"
-                                f"{' (holds ' + ', '.join(sorted(held)) + ')' if held else ''}; an administrator "
-                                f"gives the role with `steward users add NAME --role {approval.roles[0]}`",
-                                details={"roles": list(approval.roles), "held": sorted(held)})
-        approvers = list(approval.approvers or [])
+            _holds_a_role(session, approval_id=approval_id, actor=actor, roles=approval.roles)
+        values: dict[str, Any] = {}
+        edited = edit is not None and edit.arguments_hash != approval.arguments_hash
+        if edited:
+            if approval.arguments_hash != edit.base_hash:
+                raise Conflict(f"approval {approval_id} changed while your edit was checked; read it again",
+                               details={"arguments_hash": approval.arguments_hash})
+            values = edit.applied(approval, actor=actor)
+            if check_roles and values["roles"]:
+                _holds_a_role(session, approval_id=approval_id, actor=actor, roles=values["roles"], edited=True)
+        roles = values.get("roles", approval.roles)
+        required = values.get("required_approvals", approval.required_approvals)
+        approvers = [] if edited else list(approval.approvers or [])  # earlier ones approved other arguments
         if decision == "approve" and any(entry["approver"] == actor for entry in approvers):
             raise Conflict(f"{actor} has already approved {approval_id}; it needs "
                            f"{approval.required_approvals - len(approvers)} more approval(s) from other people")
-        values: dict[str, Any] = {}
         if decision == "approve":
             approvers.append({"approver": actor, "comment": comment, "at": utcnow().isoformat()})
             values["approvers"] = approvers
         counted = approvers
-        if check_roles and approval.roles:  # a vote counts while its person still holds the role
-            needed = set(approval.roles)
+        if check_roles and roles:  # a vote counts while its person still holds the role
+            needed = set(roles)
             counted = [e for e in approvers if users.roles_of(session=session, name=e["approver"]) & needed]
-        complete = decision == "reject" or len(counted) >= approval.required_approvals
+        complete = decision == "reject" or len(counted) >= required
         if complete:
             values |= {"status": status, "decided_by": actor, "comment": comment, "decided_at": utcnow()}
         result = session.execute(
@@ -109,11 +140,17 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
         root = run_root(run.trace_id, run.root_span_id)
         with tracer().start_as_current_span("steward.approval.decide", attributes=attrs,
                                             links=[Link(root)] if root is not None else None):
+            if edited:
+                audit.append(session, kind="approval.edited", actor=actor, run=run, trace_id=run.trace_id, data={
+                    "approval_id": approval_id, "action": approval.action, "from_hash": edit.base_hash,
+                    "arguments_hash": approval.arguments_hash, "proposed_hash": approval.proposed_arguments_hash,
+                    "changed": edit.changed, "policy": edit.verdict.explain(), "roles": list(roles),
+                    "required_approvals": required, "comment": comment})
             audit.append(session, kind="approval.decided", actor=actor, run=run, trace_id=run.trace_id, data={
                 "approval_id": approval_id, "decision": decision, "comment": comment,
                 "action": approval.action, "arguments_hash": approval.arguments_hash,
                 "decision_trace_id": current_trace_id(), "approvals": len(approvers),
-                "required_approvals": approval.required_approvals, "complete": complete,
+                "required_approvals": required, "complete": complete,
             })
             if expired_at is not None:
                 recipients = notifications.owners(approval)
@@ -135,6 +172,17 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
         raise
     steward.executor.wake()
     return approval
+
+
+def _holds_a_role(session: Session, *, approval_id: str, actor: str, roles: list[str], edited: bool = False) -> None:
+    held = users.roles_of(session=session, name=actor)
+    if held & set(roles):
+        return
+    what = f"approval {approval_id} as edited needs" if edited else f"approval {approval_id} is for"
+    raise Forbidden(f"{what} {' or '.join(roles)}, which {actor} is not"
+                    f"{' (holds ' + ', '.join(sorted(held)) + ')' if held else ''}; an administrator "
+                    f"gives the role with `steward users add NAME --role {roles[0]}`",
+                    details={"roles": list(roles), "held": sorted(held)})
 
 
 def _refused(session: Session, *, approval_id: str, actor: str, refused: Forbidden) -> None:
@@ -168,3 +216,122 @@ async def comment(steward: Any, *, approval_id: str, actor: str, text: str) -> A
         return approval
 
     return await steward.db.run(record)
+
+
+@dataclass(frozen=True)
+class Edit:
+    """An approver's edit of a request's call, checked by :func:`check_edit`."""
+
+    base_hash: str
+    """The request's arguments hash the edit was made on."""
+    arguments: dict[str, Any]
+    arguments_hash: str
+    changed: list[str]
+    verdict: PolicyDecision
+
+    def applied(self, approval: ApprovalRequest, *, actor: str) -> dict[str, Any]:
+        """The request's columns once it proposes the edited call: who approves and how many are the
+        policies' word on it (an escalation's roles, else those the request already named)."""
+        escalated = self.verdict.outcome == "escalate"
+        explained = self.verdict.explain()
+        required = max(self.verdict.approvals, 1) if escalated else 1
+        values: dict[str, Any] = {
+            "arguments": self.arguments, "arguments_hash": self.arguments_hash, "edited_by": actor,
+            "edited_at": utcnow(),
+            "roles": list(self.verdict.roles or approval.roles) if escalated else list(approval.roles),
+            "required_approvals": required, "risk": "high" if required > 1 else "normal", "policy": explained,
+            "separate": sorted(set(approval.separate or []) | set(explained.get("separate", []))),
+        }
+        if escalated:
+            values["reason"] = self.verdict.reason[:2000]
+        if approval.proposed_arguments_hash is None:  # the step's proposal, kept through every edit
+            values |= {"proposed_arguments": approval.arguments, "proposed_arguments_hash": approval.arguments_hash}
+        return values
+
+
+async def check_edit(steward: Any, *, approval_id: str, arguments: dict[str, Any]) -> Edit | None:
+    """Check an approver's edit of a pending request's call before it is accepted; None when it changes
+    nothing. The edit must be a connector action's call with every argument of the right type
+    (:class:`InputInvalid` with field errors), act on the same record (the same policy resource and the
+    same ``current`` read: an edit changes values, not the target), and be allowed or escalated by the
+    run's policies with today's facts (:class:`EditDenied`, 422, naming the policy). A counter the policies
+    read is only looked at. The gate decides again on the edited call before it executes it."""
+    def read(session: Session) -> tuple[ApprovalRequest, Any]:
+        approval = get_approval(session=session, approval_id=approval_id)
+        return approval, runtime_store.get_run(session=session, run_id=approval.run_id)
+
+    approval, run = await steward.db.run(read, read_only=True)
+    if approval.status != ApprovalStatus.pending:
+        raise Conflict(f"approval {approval_id} is already {approval.status.value}; it can no longer be edited")
+    connector_name, _, method = approval.action.partition(".")
+    connector = steward.executor.connectors.get(connector_name)
+    spec = type(connector).actions().get(method) if connector is not None else None
+    if spec is None:
+        raise InputInvalid(f"{approval.action} is not a connector action, so its arguments cannot be edited; "
+                           "approve it as it is or reject it with a reason", details=[
+                               {"loc": ["body", "arguments"], "msg": "not editable", "type": "value_error"}])
+    if audit.digest({"action": approval.action, "arguments": approval.arguments}) != approval.arguments_hash:
+        raise InputInvalid(f"approval {approval_id} shows its arguments redacted (they hold secrets), so they "
+                           "cannot be edited; approve or reject them as they are", details=[
+                               {"loc": ["body", "arguments"], "msg": "redacted arguments", "type": "value_error"}])
+    edited = _validated(connector, method, arguments)
+    for name, same in (("resource", spec.policy_resource), ("record", spec.current)):
+        if same is not None and same(edited) != same(approval.arguments):
+            kept = sorted(k for k in approval.arguments if edited.get(k) != approval.arguments.get(k))
+            raise InputInvalid(f"an edit changes values, not which record {approval.action} acts on: keep "
+                               f"{', '.join(kept)} as proposed", details=[
+                                   {"loc": ["body", "arguments", k], "msg": f"changes the {name}", "type": "value_error"}
+                                   for k in kept])
+    arguments_hash = audit.digest({"action": approval.action, "arguments": edited})
+    if arguments_hash == approval.arguments_hash:
+        return None
+    db = steward.db
+
+    async def look(key: str, counter: str, window_start: Any) -> int:
+        return await db.run(lambda s: runtime_store.peek_slot(session=s, key=key, counter=counter,
+                                                              window_start=window_start), read_only=True)
+
+    facts = Facts(run_id=run.id, workflow=run.workflow, version=run.version, connector=connector,
+                  action=approval.action, idempotency_key=f"edit-{uuid.uuid4().hex}", compensating=False,
+                  clock=steward.executor.clock, recorded={}, take_slot=look)
+    try:
+        context = await spec.context(facts, edited) if spec.context is not None else {}
+        policies = await steward.executor.policies.get(run.policy_hash)
+        verdict = policies.evaluate(PolicyRequest(workflow=run.workflow, version=run.version, action=approval.action,
+                                                  resource=spec.policy_resource(edited), context=context))
+    except PolicyContextInvalid as exc:
+        raise InputInvalid(exc.message, details=[
+            {"loc": ["body", "arguments"], "msg": exc.message, "type": "value_error"}]) from None
+    if verdict.outcome == "deny":
+        named = ", ".join(verdict.policies) or "no policy permits it"
+        raise EditDenied(f"{approval.action} as edited is denied by policy ({named}): {verdict.reason}; "
+                           "edit it within policy, or approve or reject it as proposed", details=verdict.explain())
+    changed = sorted(k for k in edited if edited[k] != approval.arguments.get(k))
+    return Edit(base_hash=approval.arguments_hash, arguments=edited, arguments_hash=arguments_hash, changed=changed,
+                verdict=verdict)
+
+
+def _validated(connector: Any, method: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The edited arguments checked against the action's signature (every keyword, its type, nothing else)."""
+    fn = inspect.unwrap(getattr(type(connector), method))
+    hints = typing.get_type_hints(fn)
+    fields = {name: (hints.get(name, Any), ... if p.default is inspect.Parameter.empty else p.default)
+              for name, p in inspect.signature(fn).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    model = create_model(f"{connector.name}_{method}_arguments", __config__=ConfigDict(extra="forbid"), **fields)
+    try:
+        return model.model_validate(arguments).model_dump(mode="json")
+    except ValidationError as exc:
+        details = [{"loc": ["body", "arguments", *error["loc"]], "msg": error["msg"], "type": error["type"]}
+                   for error in exc.errors(include_url=False, include_input=False)]
+        raise InputInvalid(f"the edited arguments do not fit {connector.name}.{method}: "
+                           + "; ".join(f"{'.'.join(map(str, d['loc'][2:]))}: {d['msg']}" for d in details),
+                           details=details) from None
+
+
+def _edit_denied(session: Session, *, approval_id: str, actor: str, denied: EditDenied) -> None:
+    """A refused edit on record (the request is unchanged)."""
+    approval = get_approval(session=session, approval_id=approval_id)
+    run = runtime_store.get_run(session=session, run_id=approval.run_id)
+    audit.append(session, kind="approval.edit_denied", actor=actor, run=run, data={
+        "approval_id": approval_id, "action": approval.action, "arguments_hash": approval.arguments_hash,
+        "policy": denied.details, "reason": denied.message})

@@ -82,6 +82,7 @@ def as_decision(approval: ApprovalRequest) -> ApprovalDecision:
         arguments=approval.arguments,
         arguments_hash=approval.arguments_hash,
         approvers=[entry["approver"] for entry in approval.approvers or []],
+        edited_from=approval.proposed_arguments_hash,
     )
 
 

@@ -38,6 +38,10 @@ class ApprovalDecision(BaseModel):
     arguments_hash: str
     approvers: list[str] = []
     """Everyone who approved, in order, when several distinct people had to (``approver`` is the last)."""
+    edited_from: str | None = None
+    """When an approver edited the arguments within policy: the hash of what the step proposed
+    (``arguments`` and ``arguments_hash`` are then the edited call, which the gate checks against the
+    policies again before it executes it)."""
 
     @property
     def approved(self) -> bool:

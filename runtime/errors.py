@@ -186,6 +186,12 @@ class PolicyDenied(GovernanceError):
     code = "policy_denied"
 
 
+class EditDenied(PolicyDenied):
+    """An approver's edit of a request's arguments that the policies deny; the request is unchanged."""
+
+    status_code = 422
+
+
 class ApprovalRejected(GovernanceError):
     """A person rejected the proposed action; the step may catch it to take another path."""
 

@@ -10,7 +10,9 @@
    is audited as its own ``policy.decision`` event, before and apart from the call's;
 3. approval: an escalation (or an action declared ``requires_approval``, or a step's own
    :meth:`Gate.require_approval`) pauses the run with a LangGraph interrupt until enough
-   distinct people decide; the decision is bound to a hash of the exact arguments;
+   distinct people decide; the decision is bound to a hash of the exact arguments. An
+   approver may edit the arguments within policy: the edited call is decided by the
+   policies again (with today's facts) before it executes in the proposal's place;
 4. replay: a call whose identity already has a record returns the recorded result
    instead of calling again, after checking that the record is of the same action and
    request (:class:`NonDeterministicReplay` otherwise). Such a call was decided when it
@@ -193,7 +195,7 @@ class Gate:
                 decision = ApprovalDecision.model_validate(answer)
             except ValidationError:
                 continue
-            if decision.arguments_hash != arguments_hash:
+            if arguments_hash not in (decision.arguments_hash, decision.edited_from):
                 continue
             if not decision.approved:
                 raise ApprovalRejected(
@@ -202,8 +204,8 @@ class Gate:
                     decided_by=decision.approver,
                     comment=decision.comment,
                 )
-            if len(decision.approved_by) < approvals:
-                continue
+            if decision.edited_from is None and len(decision.approved_by) < approvals:
+                continue  # an edited call is counted against what the policies say of it (see call)
             return decision
 
     async def record(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -309,7 +311,8 @@ class Gate:
         journal.recorded[key] = Recorded(action, request_digest, outcome["response"])
         return _screening(batch, outcome["response"])
 
-    async def call(self, spec: ActionSpec, arguments: dict[str, Any], invoke: Callable[[], Awaitable[Any]], *,
+    async def call(self, spec: ActionSpec, arguments: dict[str, Any],
+                   invoke: Callable[[dict[str, Any]], Awaitable[Any]], *,
                    connector: Connector | None = None) -> Any:
         site = self._site()
         self.journal.check_stop()
@@ -340,14 +343,35 @@ class Gate:
                 return await self._replayed(spec, span, call, recorded)
             verdict = await self._authorize(spec, arguments, connector, key, span, call)
             approval = await self._approve(spec, arguments, verdict)
+            executed = arguments
+            if approval is not None and approval.edited_from is not None:
+                executed = dict(approval.arguments)
+                verdict = await self._edited(spec, executed, approval, connector, key, span, call)
             span.set_attribute("steward.decision", "allow")
             allowed = {**call, "decision": "allow", "rule": f"grant:{spec.scope}", "policies": list(verdict.policies)}
             if approval is not None:
                 allowed |= {"approval_id": approval.approval_id, "approved_by": approval.approved_by}
+            if executed is not arguments:
+                allowed |= {"edited": True, "executed_digest": audit.digest(executed)}
             self.journal.check_stop()
             metrics.gate_decision(self.run, action=spec.name, decision="allow")
             return await finish_then_cancel(
-                self._execute(spec, invoke, key, site, position, allowed, request_digest, attrs))
+                self._execute(spec, lambda: invoke(executed), key, site, position, allowed, request_digest, attrs))
+
+    async def _edited(self, spec: ActionSpec, executed: dict[str, Any], approval: ApprovalDecision,
+                      connector: Connector | None, key: str, span: Any, call: dict[str, Any]) -> PolicyDecision:
+        """An approver edited the call: the policies decide again on what will execute, with the facts
+        as they are now (a denial fails the call as any denial does). An escalation must already be
+        met by the people who approved the edit; the call's identity and its replay stay the step's
+        proposal, so a step run again gets the recorded result of the edited call."""
+        verdict = await self._authorize(spec, executed, connector, key, span, call)
+        needed = max(verdict.approvals, 1) if verdict.outcome == "escalate" else 0
+        if len(approval.approved_by) < needed:
+            raise ApprovalRejected(
+                f"{spec.name} as edited now needs {needed} approvals by policy ({', '.join(verdict.policies)}) "
+                f"and has {len(approval.approved_by)}; the step may propose it again",
+                approval_id=approval.approval_id, decided_by=approval.approver, comment=approval.comment)
+        return verdict
 
     async def _check_grant(self, spec: ActionSpec, span: Any, call: dict[str, Any]) -> None:
         """Stage 1: the scope must be among the workflow's grants."""

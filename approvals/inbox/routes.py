@@ -8,7 +8,7 @@ carries a Content-Security-Policy that allows no script, no plugin, no framing a
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -18,11 +18,13 @@ from fastapi import APIRouter, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from approvals import service, sessions
+from approvals.models import ApprovalRequest
+from approvals.store import get_approval
 from approvals.inbox import auth, views
 from approvals.sessions import SignedIn
 from approvals.users import READ_ONLY_ROLES
 from runtime import audit
-from runtime.errors import Conflict, Forbidden, InputInvalid
+from runtime.errors import Conflict, EditDenied, Forbidden, InputInvalid
 
 HERE = Path(__file__).resolve().parent
 HEADERS = {
@@ -33,6 +35,7 @@ HEADERS = {
     "X-Frame-Options": "DENY",
 }
 DONE = {"approve": "Your approval is recorded.", "reject": "Your rejection is recorded.",
+        "edit": "Your approval of the edited values is recorded.",
         "comment": "Your comment is recorded."}
 
 router = APIRouter(prefix="/inbox")
@@ -161,54 +164,68 @@ async def show(request: Request, approval_id: str, done: str = "") -> Response:
 
 @router.post("/{approval_id}/decision")
 async def decide(request: Request, approval_id: str) -> Response:
-    me = await auth.person(request)
-    form = await auth.read_form(request)
-    await auth.check_csrf(request, me, form)
-    steward = request.app.state.steward
-    decision, comment = form.get("decision", ""), form.get("comment", "").strip()
-    if decision not in ("approve", "reject"):
-        raise InputInvalid("choose approve or reject", details=[
-            {"loc": ["body", "decision"], "msg": "approve or reject", "type": "enum"}])
-    if decision == "reject" and len(comment) < 3:
-        raise InputInvalid("a rejection needs a reason (at least 3 characters) so the requester knows why",
-                           details=[{"loc": ["body", "comment"], "msg": "a reason is required", "type": "missing"}])
-    shown_hash = form.get("arguments_hash", "")
-    if len(shown_hash) != 64:
-        raise InputInvalid("the form does not say which arguments you were shown; reload the page", details=[
-            {"loc": ["body", "arguments_hash"], "msg": "required", "type": "missing"}])
-    await _may_decide_unnamed(request, me, approval_id)
-    try:
+    async def act(steward: Any, me: SignedIn, form: dict[str, str]) -> str:
+        decision, comment = form.get("decision", ""), form.get("comment", "").strip()
+        if decision not in ("approve", "reject"):
+            raise InputInvalid("choose approve or reject", details=[
+                {"loc": ["body", "decision"], "msg": "approve or reject", "type": "enum"}])
+        if decision == "reject" and len(comment) < 3:
+            raise InputInvalid("a rejection needs a reason (at least 3 characters) so the requester knows why",
+                               details=[{"loc": ["body", "comment"], "msg": "a reason is required", "type": "missing"}])
+        shown_hash = form.get("arguments_hash", "")
+        if len(shown_hash) != 64:
+            raise InputInvalid("the form does not say which arguments you were shown; reload the page", details=[
+                {"loc": ["body", "arguments_hash"], "msg": "required", "type": "missing"}])
+        approval = await _may_decide_unnamed(request, me, approval_id)
+        arguments = None
+        if form.get("edit") == "1" and decision == "approve":
+            arguments = views.edited_arguments(approval, views.edit_fields(steward, approval), form)
         await service.decide(steward, approval_id=approval_id, decision=decision, actor=me.user,
-                             comment=comment[:4000], arguments_hash=shown_hash, check_roles=True)
-    except Conflict as conflict:  # decided meanwhile, or the arguments changed since the page was shown
-        shown = await views.detail(steward, approval_id, me)
-        return page("detail.html", status=409, me=me, d=shown, done="", problem=conflict.message)
-    return see_other(f"/inbox/{approval_id}?done={decision}")
+                             comment=comment[:4000], arguments_hash=shown_hash, check_roles=True, arguments=arguments)
+        return "edit" if arguments is not None else decision
+
+    return await _posted(request, approval_id, act)
 
 
 @router.post("/{approval_id}/comment")
 async def remark(request: Request, approval_id: str) -> Response:
+    async def act(steward: Any, me: SignedIn, form: dict[str, str]) -> str:
+        await service.comment(steward, approval_id=approval_id, actor=me.user, text=form.get("comment", ""))
+        return "comment"
+
+    return await _posted(request, approval_id, act)
+
+
+async def _posted(request: Request, approval_id: str,
+                  act: Callable[[Any, SignedIn, dict[str, str]], Awaitable[str]]) -> Response:
+    """A form posted on a request's page: signed in, with the session's CSRF token; done, back to the
+    page saying so. A conflict (decided meanwhile, other arguments now) or an edit that does not fit
+    or that the policies deny shows the page again with the reason, so nothing typed is a dead end."""
     me = await auth.person(request)
     form = await auth.read_form(request)
     await auth.check_csrf(request, me, form)
     steward = request.app.state.steward
     try:
-        await service.comment(steward, approval_id=approval_id, actor=me.user, text=form.get("comment", ""))
-    except Conflict as conflict:
+        done = await act(steward, me, form)
+    except (Conflict, EditDenied) as refused:
+        status = 409 if isinstance(refused, Conflict) else 422
         shown = await views.detail(steward, approval_id, me)
-        return page("detail.html", status=409, me=me, d=shown, done="", problem=conflict.message)
-    return see_other(f"/inbox/{approval_id}?done=comment")
+        return page("detail.html", status=status, me=me, d=shown, done="", problem=refused.message)
+    except InputInvalid as invalid:
+        if form.get("edit") != "1":
+            raise
+        shown = await views.detail(steward, approval_id, me)
+        return page("detail.html", status=422, me=me, d=shown, done="", problem=invalid.message)
+    return see_other(f"/inbox/{approval_id}?done={done}")
 
 
-async def _may_decide_unnamed(request: Request, me: SignedIn, approval_id: str) -> None:
+async def _may_decide_unnamed(request: Request, me: SignedIn, approval_id: str) -> ApprovalRequest:
     """A request that names no role is decided by anyone holding a deciding role, not by readers
     (compliance, operators, administrators): refused with 403 and audited."""
-    from approvals.store import get_approval
-
     steward = request.app.state.steward
     approval = await steward.db.run(lambda s: get_approval(session=s, approval_id=approval_id), read_only=True)
     if approval.roles or me.roles - READ_ONLY_ROLES:
-        return
+        return approval
     data = {"reason": "role", "approval_id": approval_id, "roles": sorted(me.roles)}
     await steward.db.run(lambda s: audit.append(s, kind="authz.denied", actor=me.user, data=data))
     raise Forbidden(f"{me.user} holds only roles that read requests ({', '.join(sorted(me.roles)) or 'none'}); "

@@ -5,6 +5,7 @@ the deadline, and whether the person looking may decide it)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,6 +14,7 @@ from approvals.models import ApprovalRequest, ApprovalStatus
 from approvals.store import count_approvals, get_approval, list_approvals
 from approvals.sessions import SignedIn
 from approvals.users import READ_ONLY_ROLES
+from runtime import audit
 from runtime import store as runtime_store
 from approvals.schemas import ApprovalPage, ApprovalPublic
 from runtime.api.paging import Pages
@@ -130,6 +132,8 @@ class Detail:
     why_not: str
     overdue: bool
     timeline: list[tuple[datetime, str]] = field(default_factory=list)
+    edit: list[EditField] = field(default_factory=list)
+    """The edit form's fields when the person may approve and the call can be edited; else none."""
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -161,6 +165,58 @@ async def current_values(steward: Any, approval: ApprovalRequest) -> tuple[list[
     # An argument the record does not hold names the record (a deal's id): it stays as it is.
     return ([DiffRow(k, before[k] if k in before else v, v) for k, v in after.items()],
             f"current values read live from {connector_name}")
+
+
+@dataclass(frozen=True)
+class EditField:
+    """One argument of the call in the edit form: a string as typed, anything else as JSON."""
+
+    name: str
+    shown: str
+    is_json: bool
+    locked: bool
+    """It names the record the call acts on: an edit changes values, not the target."""
+
+
+def edit_fields(steward: Any, approval: ApprovalRequest) -> list[EditField]:
+    """The call's arguments as an edit form; none when the call cannot be edited (not a connector
+    action, or arguments shown redacted)."""
+    connector_name, _, method = approval.action.partition(".")
+    connector = steward.executor.connectors.get(connector_name)
+    spec = type(connector).actions().get(method) if connector is not None else None
+    arguments = approval.arguments
+    if spec is None or audit.digest({"action": approval.action, "arguments": arguments}) != approval.arguments_hash:
+        return []
+    named: list[Any] = []
+    try:
+        if spec.resource is not None:
+            named.append(spec.resource(arguments)[1])
+        if spec.current is not None:
+            named += list(spec.current(arguments)[1].values())
+    except (KeyError, TypeError):  # arguments the action's own lambdas do not understand: not editable
+        return []
+    return [EditField(name, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False),
+                      not isinstance(value, str), any(value == n for n in named))
+            for name, value in arguments.items()]
+
+
+def edited_arguments(approval: ApprovalRequest, fields: list[EditField], form: dict[str, str]) -> dict[str, Any]:
+    """The arguments an edit form posted: a field left out or locked keeps its proposed value."""
+    edited = dict(approval.arguments)
+    for f in fields:
+        raw = form.get(f"arg.{f.name}")
+        if f.locked or raw is None:
+            continue
+        if not f.is_json:
+            edited[f.name] = raw
+            continue
+        try:
+            edited[f.name] = json.loads(raw)
+        except ValueError:
+            raise InputInvalid(f"{f.name} must be JSON, as it was shown (a number, true or false, a list or an "
+                               "object)", details=[{"loc": ["body", f"arg.{f.name}"], "msg": "not JSON",
+                                                   "type": "json_invalid"}]) from None
+    return edited
 
 
 def may_decide(me: SignedIn, approval: ApprovalRequest) -> tuple[bool, bool, str]:
@@ -198,6 +254,8 @@ async def detail(steward: Any, approval_id: str, me: SignedIn) -> Detail:
     timeline = [(run.created_at, f"run started by {run.created_by}")]
     timeline += [(s.started_at, f"step {s.node}: {s.status.value}") for s in steps]
     timeline.append((approval.created_at, f"approval requested for {approval.action}"))
+    if approval.edited_at is not None:
+        timeline.append((approval.edited_at, f"arguments edited by {approval.edited_by}"))
     timeline += [(datetime.fromisoformat(v["at"]), f"approved by {v['approver']}") for v in approval.approvers or []]
     timeline += [(datetime.fromisoformat(c["at"]), f"comment by {c['by']}") for c in approval.comments or []]
     if approval.decided_at is not None:
@@ -206,4 +264,4 @@ async def detail(steward: Any, approval_id: str, me: SignedIn) -> Detail:
     return Detail(approval=approval, run=run, steps=steps, owner=owner, diff=diff, diff_note=note,
                   may_approve=may_approve, may_reject=may_reject, why_not=why_not,
                   overdue=approval.status == ApprovalStatus.pending and approval.due_at < utcnow(),
-                  timeline=timeline)
+                  timeline=timeline, edit=edit_fields(steward, approval) if may_approve else [])

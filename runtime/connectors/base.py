@@ -126,7 +126,7 @@ def action(
                 raise StewardError(
                     f"{spec.name} was called outside a Steward step: use runtime.context.{self.name} inside a node"
                 )
-            return await self._gate.call(spec, arguments, lambda: fn(self, **arguments), connector=self)
+            return await self._gate.call(spec, arguments, lambda called: fn(self, **called), connector=self)
 
         governed.__steward_action__ = {  # type: ignore[attr-defined]
             "scope": scope,
