@@ -117,7 +117,9 @@ class Notification(SQLModel, table=True):
     __table_args__ = (Index("ix_notifications_sent_at_next_attempt_at", "sent_at", "next_attempt_at"),)
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
-    kind: str = Field(max_length=100, description="approval.reminder, approval.escalated, approval.expired")
+    kind: str = Field(max_length=100, description="approval.reminded, approval.escalated, approval.expired")
+    channel: str = Field(default="webhook", max_length=20, sa_column_kwargs={"server_default": "webhook"},
+                         description="webhook or email")
     approval_id: str | None = Field(default=None, max_length=32)
     recipients: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

@@ -1,21 +1,31 @@
-"""Notifications: an outbox of messages about approvals, and their delivery to a webhook.
+"""Notifications: an outbox of messages about approvals, delivered to a webhook and by email.
 
-A notification is written in the transaction of what it reports (:func:`enqueue`) and sent afterwards
-(:func:`deliver`, run by the SLA sweep), retried with backoff until the webhook accepts it. It is a
-POST of JSON ``{"id", "kind", "approval_id", "recipients", "data", "created_at"}`` with the headers
-``Steward-Notification-Id`` (the same on every retry: a receiver drops duplicates by it) and
-``Steward-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>" under the secret>``:
+A notification is written in the transaction of what it reports (:func:`enqueue`), one row per
+channel, and sent afterwards (:func:`deliver`, run by the SLA sweep), retried with backoff until it is
+accepted. To the webhook it is a POST of JSON ``{"id", "kind", "approval_id", "recipients", "data",
+"created_at"}`` with the headers ``Steward-Notification-Id`` (the same on every retry: a receiver drops
+duplicates by it) and ``Steward-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>" under the
+secret>``:
 
 >>> expected = hmac.new(secret, f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+
+By email (``STEWARD_NOTIFY_SMTP_HOST``) it is a plain-text message to its recipients with the
+request's action, reason, deadline and a link to it in the inbox; its ``Message-ID`` is the
+notification's id, the same on every retry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import logging
+import smtplib
+import ssl
 from datetime import datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime
 from typing import Any
 
 import httpx
@@ -44,14 +54,17 @@ def owners(approval: ApprovalRequest) -> list[str]:
 
 
 def enqueue(session: Session, *, kind: str, approval: ApprovalRequest, recipients: list[str], now: datetime,
-            data: dict[str, Any]) -> None:
-    """An outbox row for a notification about ``approval`` (in the caller's transaction)."""
-    session.add(Notification(kind=kind, approval_id=approval.id, recipients=recipients, created_at=now,
-                             next_attempt_at=now, payload={
-                                 **data, "approval_id": approval.id, "run_id": approval.run_id,
-                                 "workflow": approval.workflow, "version": approval.version,
-                                 "action": approval.action, "reason": approval.reason, "roles": approval.roles,
-                                 "requested_by": approval.requested_by, "inbox_path": f"/inbox/{approval.id}"}))
+            data: dict[str, Any], channels: tuple[str, ...] = ("webhook",)) -> None:
+    """An outbox row per channel for a notification about ``approval`` (in the caller's transaction); no
+    email when nobody has an address."""
+    payload = {**data, "approval_id": approval.id, "run_id": approval.run_id, "workflow": approval.workflow,
+               "version": approval.version, "action": approval.action, "reason": approval.reason,
+               "roles": approval.roles, "requested_by": approval.requested_by, "inbox_path": f"/inbox/{approval.id}"}
+    for channel in channels:
+        if channel == "email" and not recipients:
+            continue
+        session.add(Notification(kind=kind, channel=channel, approval_id=approval.id, recipients=recipients,
+                                 created_at=now, next_attempt_at=now, payload=payload))
 
 
 def signature(secret: str, body: bytes, timestamp: int) -> str:
@@ -88,26 +101,90 @@ async def deliver(steward: Any, now: datetime, *, client: httpx.AsyncClient | No
     client = client or httpx.AsyncClient(timeout=config.http_timeout_seconds)
     try:
         for note in notes:
-            body = json.dumps({"id": note.id, "kind": note.kind, "approval_id": note.approval_id,
-                               "recipients": note.recipients, "data": note.payload,
-                               "created_at": note.created_at.isoformat()}, sort_keys=True).encode()
-            error = None
-            try:
-                answer = await client.post(config.notify_webhook_url, content=body, headers={
-                    "Content-Type": "application/json", "Steward-Notification-Id": note.id,
-                    "Steward-Signature": signature(config.notify_webhook_secret, body, int(now.timestamp()))})
-                if not answer.is_success:
-                    error = f"the webhook answered {answer.status_code}"
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"[:500]
+            if note.channel == "email":
+                error = await _mail(config, note, now) if config.notify_smtp_host else "no SMTP server is configured"
+            elif config.notify_webhook_url:
+                error = await _post(config, client, note, now)
+            else:
+                error = "no webhook is configured"
             await steward.db.run(lambda s, n=note, e=error: _settle(s, n, e, now))
             sent += error is None
             if error is not None:
-                log.warning("notification %s (%s) not delivered: %s", note.id, note.kind, error)
+                log.warning("notification %s (%s by %s) not delivered: %s", note.id, note.kind, note.channel, error)
     finally:
         if owned:
             await client.aclose()
     return sent
+
+
+async def _post(config: Any, client: httpx.AsyncClient, note: Notification, now: datetime) -> str | None:
+    body = json.dumps({"id": note.id, "kind": note.kind, "approval_id": note.approval_id,
+                       "recipients": note.recipients, "data": note.payload,
+                       "created_at": note.created_at.isoformat()}, sort_keys=True).encode()
+    try:
+        answer = await client.post(config.notify_webhook_url, content=body, headers={
+            "Content-Type": "application/json", "Steward-Notification-Id": note.id,
+            "Steward-Signature": signature(config.notify_webhook_secret, body, int(now.timestamp()))})
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"[:500]
+    return None if answer.is_success else f"the webhook answered {answer.status_code}"
+
+
+SUBJECTS = {
+    "approval.reminded": "Reminder: {action} waits for your approval ({workflow})",
+    "approval.escalated": "Overdue: {action} in {workflow} was not decided in time",
+    "approval.expired": "Expired and rejected: {action} in {workflow}",
+}
+
+
+def message(config: Any, note: Notification) -> EmailMessage:
+    """The email of a notification: plain text, to its recipients, its id as the Message-ID."""
+    data = note.payload
+    mail = EmailMessage()
+    mail["From"] = config.notify_smtp_from
+    mail["To"] = ", ".join(note.recipients)
+    mail["Subject"] = SUBJECTS.get(note.kind, "{action} in {workflow}").format(
+        action=data.get("action", "?"), workflow=data.get("workflow", "?"))
+    mail["Message-ID"] = f"<{note.id}@steward.notifications>"
+    mail["Date"] = format_datetime(note.created_at)
+    link = config.public_url.rstrip("/") + data.get("inbox_path", "/inbox")
+    lines = [
+        f"{data.get('action')} in workflow {data.get('workflow')} {data.get('version')} (run {data.get('run_id')}), "
+        f"started by {data.get('requested_by')}.",
+        "",
+        f"Why it needs a person: {data.get('reason')}",
+        f"Who decides: {' or '.join(data.get('roles') or []) or 'any approver'}",
+    ]
+    lines += [f"{label}: {data[key]}" for key, label in (("due_at", "Due"), ("expires_at", "Rejected if undecided at"))
+              if data.get(key)]
+    lines += ["", f"Open it in the inbox: {link}"]
+    mail.set_content("\n".join(lines) + "\n")
+    return mail
+
+
+async def _mail(config: Any, note: Notification, now: datetime) -> str | None:
+    mail = message(config, note)
+
+    def send() -> None:
+        timeout = config.http_timeout_seconds
+        context = ssl.create_default_context()
+        if config.notify_smtp_tls == "ssl":
+            server: smtplib.SMTP = smtplib.SMTP_SSL(config.notify_smtp_host, config.notify_smtp_port,
+                                                     timeout=timeout, context=context)
+        else:
+            server = smtplib.SMTP(config.notify_smtp_host, config.notify_smtp_port, timeout=timeout)
+        with server:
+            if config.notify_smtp_tls == "starttls":
+                server.starttls(context=context)
+            if config.notify_smtp_username:
+                server.login(config.notify_smtp_username, config.notify_smtp_password)
+            server.send_message(mail)
+
+    try:
+        await asyncio.to_thread(send)
+    except (smtplib.SMTPException, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"[:500]
+    return None
 
 
 def _settle(session: Session, note: Notification, error: str | None, now: datetime) -> None:

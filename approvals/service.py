@@ -35,7 +35,7 @@ from runtime.telemetry import current_trace_id, run_root, tracer
 
 async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, comment: str = "",
                  arguments_hash: str | None = None, check_roles: bool = False, expired_at: datetime | None = None,
-                 notify: bool = False, arguments: dict[str, Any] | None = None) -> ApprovalRequest:
+                 notify: tuple[str, ...] = (), arguments: dict[str, Any] | None = None) -> ApprovalRequest:
     """Record a person's decision; when the run has no undecided request left, it is queued to resume.
 
     A request that needs several people (a policy's ``@approvals``) counts each approver once (the same
@@ -49,7 +49,7 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
     (:class:`Forbidden`, audited as ``authz.denied``); engine code that vouches for the person leaves it
     off. With ``expired_at`` (the SLA sweep's now), the rejection is the request's expiry: refused
     (:class:`Conflict`) unless it has expired by then, audited also as ``approval.expired`` and, with
-    ``notify``, reported to the workflow's owner and backup.
+    ``notify`` (channels: ``webhook``, ``email``), reported to the workflow's owner and backup.
 
     With ``arguments`` (an approval only, with the ``arguments_hash`` shown), the person approves the
     call as edited: see :func:`check_edit`. The request then proposes the edited call (the step's
@@ -159,7 +159,8 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
                     "recipients": recipients})
                 if notify:
                     notifications.enqueue(session, kind="approval.expired", approval=approval, recipients=recipients,
-                                          now=expired_at, data={"expires_at": approval.expires_at.isoformat()})
+                                          now=expired_at, data={"expires_at": approval.expires_at.isoformat()},
+                                          channels=notify)
             undecided = list_approvals(session=session, run_id=run.id, status=ApprovalStatus.pending)
             if complete and not undecided and run.status == RunStatus.waiting_approval:
                 steward.executor.queue_resume(session, run=run, actor=actor, reason="approval decided")

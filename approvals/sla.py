@@ -7,8 +7,8 @@ the clock). Each step is one transaction in the engine's lock order (the run's r
 audit chain) and conditional on the step not having happened: any number of workers may sweep at
 once and each step happens once, audited (``approval.reminded``, ``approval.escalated``,
 ``approval.expired``). A notification is written in the same transaction (an outbox row) and sent
-afterwards to the webhook (``STEWARD_NOTIFY_WEBHOOK_URL``), retried with backoff until it is
-accepted, so a process that dies in between loses none.
+afterwards to the webhook (``STEWARD_NOTIFY_WEBHOOK_URL``) and by email (``STEWARD_NOTIFY_SMTP_HOST``),
+retried with backoff until it is accepted, so a process that dies in between loses none.
 
 >>> await sweep(steward, now=steward.executor.clock())
 {'reminded': 1, 'escalated': 0, 'expired': 0, 'sent': 1}
@@ -36,7 +36,7 @@ async def sweep(steward: Any, now: datetime) -> dict[str, int]:
     """One pass: remind, escalate, expire what is due at ``now``, then deliver notifications; returns
     how many of each happened."""
     done = {"reminded": 0, "escalated": 0, "expired": 0, "sent": 0}
-    notify = bool(steward.settings.notify_webhook_url)
+    notify = steward.settings.notify_channels()
     for stage, column in (("reminded", ApprovalRequest.remind_at), ("escalated", ApprovalRequest.due_at)):
         for approval_id in await _due(steward, column, now, stage):
             done[stage] += await steward.db.run(lambda s, a=approval_id, st=stage: _step(s, a, st, now, notify))
@@ -64,7 +64,7 @@ async def _due(steward: Any, column: Any, now: datetime, stage: str) -> list[str
     return list(await steward.db.run(lambda s: s.scalars(query).all(), read_only=True))
 
 
-def _step(session: Session, approval_id: str, stage: str, now: datetime, notify: bool) -> int:
+def _step(session: Session, approval_id: str, stage: str, now: datetime, notify: tuple[str, ...]) -> int:
     """Remind or escalate one request, once: 1 if this call did it, 0 if it was done or decided."""
     approval = session.get(ApprovalRequest, approval_id)
     run = runtime_store.lock_run(session=session, run_id=approval.run_id)
@@ -85,5 +85,5 @@ def _step(session: Session, approval_id: str, stage: str, now: datetime, notify:
     audit.append(session, kind=kind, actor=SYSTEM, run=run,
                  data={"approval_id": approval_id, "recipients": recipients, **data})
     if notify:
-        enqueue(session, kind=kind, approval=approval, recipients=recipients, now=now, data=data)
+        enqueue(session, kind=kind, approval=approval, recipients=recipients, now=now, data=data, channels=notify)
     return 1

@@ -57,6 +57,18 @@ class Settings(BaseSettings):
         "Where notifications (approval reminders, escalations, expiries) are POSTed as JSON, signed with "
         "HMAC-SHA256 in the Steward-Signature header; empty: none are sent (the audit trail still has them)"))
     notify_webhook_secret: str = Field("", description="The HMAC key; required with notify_webhook_url")
+    notify_smtp_host: str = Field("", description=(
+        "An SMTP server that mails each notification to its recipients as well (the deciders' and the owners' "
+        "email addresses); empty: no email"))
+    notify_smtp_port: int = Field(587, ge=1, le=65535)
+    notify_smtp_tls: Literal["starttls", "ssl", "none"] = Field("starttls", description=(
+        "starttls (port 587), ssl (implicit TLS, port 465) or none (a relay on the same host only)"))
+    notify_smtp_username: str = Field("", description="Sign in to the SMTP server as this user (empty: no sign-in)")
+    notify_smtp_password: str = Field("", description="With notify_smtp_username")
+    notify_smtp_from: str = Field("", description="The sender address; required with notify_smtp_host")
+    public_url: str = Field("", description=(
+        "Where people reach this server (https://steward.example.com), for the inbox links in notifications; "
+        "empty: the links are paths"))
 
     policies: list[Path] = Field(default_factory=lambda: [POLICIES], description=(
         "Folders of Cedar policies (*.cedar) and schemas (*.cedarschema), loaded together; start-up "
@@ -125,6 +137,19 @@ class Settings(BaseSettings):
             raise ValueError("STEWARD_NOTIFY_WEBHOOK_URL needs STEWARD_NOTIFY_WEBHOOK_SECRET (at least 16 "
                              "characters): the receiver checks each notification's signature with it")
         return self
+
+    @model_validator(mode="after")
+    def _email_needs_a_sender(self) -> "Settings":
+        if self.notify_smtp_host and "@" not in self.notify_smtp_from:
+            raise ValueError("STEWARD_NOTIFY_SMTP_HOST needs STEWARD_NOTIFY_SMTP_FROM, the sender's address "
+                             "(steward@example.com)")
+        if self.public_url and not self.public_url.startswith(("http://", "https://")):
+            raise ValueError(f"STEWARD_PUBLIC_URL must start with http:// or https://, not {self.public_url!r}")
+        return self
+
+    def notify_channels(self) -> tuple[str, ...]:
+        """Where notifications go: ``webhook`` and ``email`` when configured."""
+        return tuple(name for name, on in (("webhook", self.notify_webhook_url), ("email", self.notify_smtp_host)) if on)
 
     @property
     def sandbox_mounted(self) -> bool:

@@ -1,7 +1,7 @@
 """Approval deadlines on SQLite and PostgreSQL under a fixed clock: a reminder half way, an escalation to
 the workflow's owner and backup when due, expiry (rejected, the safe default) when as long again overdue,
 each once however many workers sweep at once, each audited; notifications reach a local webhook with a
-valid signature and are retried until it accepts them. Deadlines come from a policy's ``@sla`` or the
+valid signature and a local SMTP server as mail, each retried until accepted. Deadlines come from a policy's ``@sla`` or the
 workflow's ``approval_sla``; a policy's ``@separate("owner")`` keeps the workflow's owner from approving."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import socket
 import threading
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -213,3 +214,70 @@ async def test_the_executor_sweeps_by_itself(settings, connectors) -> None:
             await asyncio.sleep(0.05)
         assert run.status == RunStatus.rejected
         assert [e.data["approval_id"] for e in await events(steward, "approval.expired")] == [approval.id]
+
+
+class Mailbox:
+    """A local SMTP server on 127.0.0.1 (aiosmtpd): keeps every message; refuses the first ``refuse``."""
+
+    def __init__(self, refuse: int = 0) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.messages: list[Any] = []
+        self.refuse = refuse
+        box = self
+
+        class Handler:
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's API
+                if box.refuse:
+                    box.refuse -= 1
+                    return "451 try again later"
+                from email import message_from_bytes, policy
+
+                box.messages.append((list(envelope.rcpt_tos), message_from_bytes(envelope.content, policy=policy.default)))
+                return "250 OK"
+
+        with socket.socket() as probe:  # a free port (the controller checks it is up by connecting to it)
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+
+    def __enter__(self) -> Mailbox:
+        self.controller.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.controller.stop()
+
+
+async def test_notifications_are_also_mailed_and_retried_until_the_server_takes_them(settings, connectors) -> None:
+    with Mailbox(refuse=1) as mailbox, Receiver() as receiver:
+        both = settings.model_copy(update={
+            "notify_webhook_url": receiver.url, "notify_webhook_secret": SECRET, "notify_smtp_host": "127.0.0.1",
+            "notify_smtp_port": mailbox.port, "notify_smtp_tls": "none", "notify_smtp_from": "steward@example.com",
+            "public_url": "https://steward.example.com"})
+        async with open_steward(both, connectors=connectors) as steward:
+            await add_people(steward)
+            approval = await waiting(steward)
+            done = await sla.sweep(steward, T0 + timedelta(hours=12))
+            assert done["reminded"] == 1 and done["sent"] == 1  # the webhook took it, the mail server did not
+            assert mailbox.messages == [] and len(receiver.received) == 1
+            assert (await sla.sweep(steward, T0 + timedelta(hours=13)))["sent"] == 1
+            done = await sla.sweep(steward, T0 + timedelta(hours=24))
+            assert done["escalated"] == 1 and done["sent"] == 2
+            [(to_deciders, reminder), (to_owners, escalation)] = mailbox.messages
+            assert to_deciders == ["pat@example.com"] and reminder["From"] == "steward@example.com"
+            assert reminder["Subject"] == "Reminder: pricing.set_price waits for your approval (price_change)"
+            body = reminder.get_content()
+            assert f"https://steward.example.com/inbox/{approval.id}" in body and "pricing_manager" in body
+            assert "the price moves by more than 10 %" in body
+            assert to_owners == ["pricing-ops@example.com"] and escalation["Subject"].startswith("Overdue:")
+            notes = await steward.db.run(lambda s: s.query(Notification).order_by(Notification.created_at).all())
+            assert sorted((n.kind, n.channel, n.sent_at is not None) for n in notes) == [
+                ("approval.escalated", "email", True), ("approval.escalated", "webhook", True),
+                ("approval.reminded", "email", True), ("approval.reminded", "webhook", True)]
+            assert reminder["Message-ID"] == f"<{[n.id for n in notes if n.channel == 'email'][0]}@steward.notifications>"
+
+
+def test_email_settings_need_a_sender(settings) -> None:
+    with pytest.raises(ValueError, match="STEWARD_NOTIFY_SMTP_FROM"):
+        type(settings)(**{**settings.model_dump(), "notify_smtp_host": "mail.example.com"})

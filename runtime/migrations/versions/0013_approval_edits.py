@@ -1,4 +1,5 @@
-"""approval edits: the arguments a step proposed, kept when an approver edits them within policy
+"""approval edits: the arguments a step proposed, kept when an approver edits them within policy;
+each notification's channel (webhook or email)
 
 Revision ID: 0013
 Revises: 0012
@@ -21,9 +22,14 @@ def upgrade() -> None:
                                    nullable=True))
         batch.add_column(sa.Column('edited_by', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True))
         batch.add_column(sa.Column('edited_at', sa.DateTime(), nullable=True))
+    with op.batch_alter_table('notifications') as batch:
+        batch.add_column(sa.Column('channel', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False,
+                                   server_default='webhook'))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('notifications') as batch:
+        batch.drop_column('channel')
     with op.batch_alter_table('approval_requests') as batch:
         batch.drop_column('edited_at')
         batch.drop_column('edited_by')
