@@ -44,11 +44,14 @@ def test_price_change_from_the_cli_records_each_tokens_user(serve) -> None:
     approver = {**env, "STEWARD_TOKEN": APPROVER}
     stale = steward(approver, "approvals", "decide", pending["id"], "approve", "--arguments-hash", "0" * 64)
     assert stale.returncode == 2 and "no longer proposes the arguments" in stale.stderr, stale.stderr
+    edited = json.dumps({**pending["arguments"], "amount": "112.00"})  # approved with a smaller rise
     decided = as_json(steward(approver, "approvals", "decide", pending["id"], "approve", "--comment", "margin ok",
-                              "--arguments-hash", pending["arguments_hash"]))
+                              "--arguments-hash", pending["arguments_hash"], "--arguments", edited))
     assert decided["status"] == "succeeded"
     shown = as_json(steward(env, "approvals", "show", pending["id"], "--output", "json"))
     assert shown["decided_by"] == "demo.approver", "the decision is recorded as the token's user"
+    assert shown["arguments"]["amount"] == "112.00" and shown["proposed_arguments"]["amount"] == "115.00"
+    assert shown["edited_by"] == "demo.approver"
 
     shown = as_json(steward(env, "runs", "show", run["id"], "--output", "json"))
     assert [s["node"] for s in shown["steps"]] == ["read_prices", "apply_prices", "record"]
@@ -126,6 +129,10 @@ def test_bad_input_exits_2_with_one_line(serve) -> None:
         (["run", "price_change", "--input", "@/does/not/exist.json"], "no such file"),
         (["run", "price_change", "--input", '{"items": [], "reason": ""}'], "input.items"),
         (["approvals", "decide", "abc", "maybe"], "decision must be approve or reject"),
+        (["approvals", "decide", "abc", "approve", "--arguments", "{oops"], "--arguments is not JSON"),
+        (["approvals", "decide", "abc", "approve", "--arguments", "[1]"], "--arguments must be a JSON object"),
+        (["approvals", "decide", "abc", "reject", "--arguments", "{}"], "--arguments goes with approve"),
+        (["approvals", "decide", "abc", "approve", "--arguments", "{}"], "--arguments goes with approve"),
         (["approvals", "decide", "abc", "approve"], "does not carry the scope 'approvals:decide'"),
         (["runs", "show", "abc"], "no run with id 'abc'"),
         (["runs", "list", "--status", "asleep"], "asleep"),
