@@ -67,6 +67,8 @@ class ApprovalRequest(SQLModel, table=True):
                                          description="The workflow's owner {name, email, backup}: escalations go there")
     separate: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]"),
                                 description="Who else may not approve (a policy's @separate: owner)")
+    editable: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]"),
+                                description="The arguments an approver may change (the action's editable)")
     proposed_arguments: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True), description=(
         "What the step proposed, when an approver edited it (``arguments`` is then the edited call)"))
     proposed_arguments_hash: str | None = Field(default=None, max_length=64)

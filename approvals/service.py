@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import typing
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ConfigDict, ValidationError, create_model
@@ -20,8 +21,9 @@ from opentelemetry.trace import Link
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from approvals.models import ApprovalRequest, ApprovalStatus
+from approvals.models import ApprovalRequest, ApprovalStatus, User
 from approvals import notifications, users
+from approvals.users import READ_ONLY_ROLES
 from approvals.store import get_approval, list_approvals
 from runtime import audit
 from runtime import store as runtime_store
@@ -62,17 +64,11 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
         raise InputInvalid(f"decision must be 'approve' or 'reject', not {decision!r}",
                            details=[{"loc": ["body", "decision"], "msg": "must be approve or reject"}])
     status = ApprovalStatus.approved if decision == "approve" else ApprovalStatus.rejected
+    if arguments is not None and (decision != "approve" or arguments_hash is None):
+        raise InputInvalid("edited arguments go with an approval and the arguments_hash you were shown",
+                           details=[{"loc": ["body", "arguments"], "type": "value_error",
+                                     "msg": "only with decision approve and arguments_hash"}])
     edit = None
-    if arguments is not None:
-        if decision != "approve" or arguments_hash is None:
-            raise InputInvalid("edited arguments go with an approval and the arguments_hash you were shown",
-                               details=[{"loc": ["body", "arguments"], "type": "value_error",
-                                         "msg": "only with decision approve and arguments_hash"}])
-        try:
-            edit = await check_edit(steward, approval_id=approval_id, arguments=arguments)
-        except EditDenied as denied:
-            await steward.db.run(functools.partial(_edit_denied, approval_id=approval_id, actor=actor, denied=denied))
-            raise
 
     def record(session: Session) -> ApprovalRequest:
         run_id = get_approval(session=session, approval_id=approval_id).run_id
@@ -87,29 +83,20 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
                 + (f" by {approval.decided_by}" if approval.decided_by else "")
                 + "; a decision cannot be changed"
             )
-        if decision == "approve" and actor == approval.requested_by:
-            raise SeparationOfDuties(f"{actor} started run {run.id} and so may not approve its request "
-                                     f"{approval_id}; another person with the right role must")
-        if decision == "approve" and "owner" in (approval.separate or []) and users.is_owner(
-                session=session, name=actor, owner=approval.owner):
-            raise SeparationOfDuties(f"{actor} owns workflow {approval.workflow}, and the policy that asked for "
-                                     f"request {approval_id} keeps its owner from approving it; another person "
-                                     "with the right role must")
+        _may_decide(session, approval, actor=actor, decision=decision, check_roles=check_roles)
         if arguments_hash is not None and arguments_hash != approval.arguments_hash:
             raise Conflict(f"approval {approval_id} no longer proposes the arguments you were shown (they were "
                            f"{arguments_hash[:12]}…, they are {approval.arguments_hash[:12]}…); read it again and "
                            "decide on what it proposes now", details={"arguments_hash": approval.arguments_hash})
-        if check_roles and approval.roles:
-            _holds_a_role(session, approval_id=approval_id, actor=actor, roles=approval.roles)
         values: dict[str, Any] = {}
         edited = edit is not None and edit.arguments_hash != approval.arguments_hash
         if edited:
             if approval.arguments_hash != edit.base_hash:
                 raise Conflict(f"approval {approval_id} changed while your edit was checked; read it again",
                                details={"arguments_hash": approval.arguments_hash})
-            values = edit.applied(approval, actor=actor)
-            if check_roles and values["roles"]:
-                _holds_a_role(session, approval_id=approval_id, actor=actor, roles=values["roles"], edited=True)
+            values = edit.applied(approval, actor=actor)  # who may approve the edited call: the policies' word on it
+            _may_decide(session, approval, actor=actor, decision=decision, check_roles=check_roles,
+                        roles=values["roles"], separate=values["separate"])
         roles = values.get("roles", approval.roles)
         required = values.get("required_approvals", approval.required_approvals)
         approvers = [] if edited else list(approval.approvers or [])  # earlier ones approved other arguments
@@ -167,7 +154,14 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
         return approval
 
     try:
+        if arguments is not None:  # who may decide, before the edit is looked at (and the connector read)
+            await steward.db.run(lambda s: _may_decide(s, get_approval(session=s, approval_id=approval_id), actor=actor,
+                                                       decision=decision, check_roles=check_roles), read_only=True)
+            edit = await check_edit(steward, approval_id=approval_id, arguments=arguments)
         approval = await steward.db.run(record)
+    except EditDenied as denied:
+        await steward.db.run(functools.partial(_edit_denied, approval_id=approval_id, actor=actor, denied=denied))
+        raise
     except Forbidden as refused:
         await steward.db.run(functools.partial(_refused, approval_id=approval_id, actor=actor, refused=refused))
         raise
@@ -175,15 +169,35 @@ async def decide(steward: Any, *, approval_id: str, decision: str, actor: str, c
     return approval
 
 
-def _holds_a_role(session: Session, *, approval_id: str, actor: str, roles: list[str], edited: bool = False) -> None:
-    held = users.roles_of(session=session, name=actor)
-    if held & set(roles):
+def _may_decide(session: Session, approval: ApprovalRequest, *, actor: str, decision: str, check_roles: bool,
+                roles: list[str] | None = None, separate: list[str] | None = None) -> None:
+    """Whether ``actor`` may take ``decision`` on ``approval`` (or, with ``roles`` and ``separate``, on it as
+    an edit would make it): separation of duties, then the roles (with ``check_roles``). A request that
+    names roles is decided by someone holding one; one that names none by a user holding a role that
+    decides (not only compliance, operator or admin, which read), or by a token's person who has no
+    user record (a token made for a name, which only the API knows)."""
+    edited = roles is not None
+    roles = list(approval.roles if roles is None else roles)
+    separate = list(approval.separate or [] if separate is None else separate)
+    what = f"request {approval.id}" + (" as edited" if edited else "")
+    if decision == "approve" and actor == approval.requested_by:
+        raise SeparationOfDuties(f"{actor} started run {approval.run_id} and so may not approve its {what}; "
+                                 "another person with the right role must")
+    if decision == "approve" and "owner" in separate and users.is_owner(session=session, name=actor,
+                                                                        owner=approval.owner):
+        raise SeparationOfDuties(f"{actor} owns workflow {approval.workflow}, and the policy that asks for {what} "
+                                 "keeps its owner from approving it; another person with the right role must")
+    if not check_roles:
         return
-    what = f"approval {approval_id} as edited needs" if edited else f"approval {approval_id} is for"
-    raise Forbidden(f"{what} {' or '.join(roles)}, which {actor} is not"
-                    f"{' (holds ' + ', '.join(sorted(held)) + ')' if held else ''}; an administrator "
-                    f"gives the role with `steward users add NAME --role {roles[0]}`",
-                    details={"roles": list(roles), "held": sorted(held)})
+    held = users.roles_of(session=session, name=actor)
+    if roles and not held & set(roles):
+        raise Forbidden(f"{what} is for {' or '.join(roles)}, which {actor} is not"
+                        f"{' (holds ' + ', '.join(sorted(held)) + ')' if held else ''}; an administrator "
+                        f"gives the role with `steward users add NAME --role {roles[0]}`",
+                        details={"roles": roles, "held": sorted(held)})
+    if not roles and not held - READ_ONLY_ROLES and session.get(User, actor) is not None:
+        raise Forbidden(f"{actor} holds no role that decides ({', '.join(sorted(held)) or 'none'}); a person with "
+                        f"a deciding role decides {what}", details={"roles": [], "held": sorted(held)})
 
 
 def _refused(session: Session, *, approval_id: str, actor: str, refused: Forbidden) -> None:
@@ -219,6 +233,9 @@ async def comment(steward: Any, *, approval_id: str, actor: str, text: str) -> A
     return await steward.db.run(record)
 
 
+MAX_EDIT_BYTES = 64 * 1024
+
+
 @dataclass(frozen=True)
 class Edit:
     """An approver's edit of a request's call, checked by :func:`check_edit`."""
@@ -245,6 +262,12 @@ class Edit:
         }
         if escalated:
             values["reason"] = self.verdict.reason[:2000]
+            sla = self.verdict.sla_seconds
+            # when it was opened, as the engine's clock said: half way to the deadline is the reminder
+            opened = approval.remind_at - (approval.due_at - approval.remind_at) if approval.remind_at else approval.created_at
+            if sla and opened + timedelta(seconds=sla) < approval.due_at:  # a stricter deadline
+                span = timedelta(seconds=sla)
+                values |= {"remind_at": opened + span / 2, "due_at": opened + span, "expires_at": opened + 2 * span}
         if approval.proposed_arguments_hash is None:  # the step's proposal, kept through every edit
             values |= {"proposed_arguments": approval.arguments, "proposed_arguments_hash": approval.arguments_hash}
         return values
@@ -252,11 +275,12 @@ class Edit:
 
 async def check_edit(steward: Any, *, approval_id: str, arguments: dict[str, Any]) -> Edit | None:
     """Check an approver's edit of a pending request's call before it is accepted; None when it changes
-    nothing. The edit must be a connector action's call with every argument of the right type
-    (:class:`InputInvalid` with field errors), act on the same record (the same policy resource and the
-    same ``current`` read: an edit changes values, not the target), and be allowed or escalated by the
-    run's policies with today's facts (:class:`EditDenied`, 422, naming the policy). A counter the policies
-    read is only looked at. The gate decides again on the edited call before it executes it."""
+    nothing. Only a connector call's arguments the action declares ``editable`` may change; the edit
+    must have every argument of the right type, finite numbers and at most 64 KiB (:class:`InputInvalid`
+    with field errors), act on the same record (the same policy resource and ``current`` read), and be
+    allowed or escalated by the run's policies with today's facts (:class:`EditDenied`, 422, naming the
+    policy). A counter the policies read is only looked at. The gate decides again on the edited call
+    before it executes it."""
     def read(session: Session) -> tuple[ApprovalRequest, Any]:
         approval = get_approval(session=session, approval_id=approval_id)
         return approval, runtime_store.get_run(session=session, run_id=approval.run_id)
@@ -267,22 +291,32 @@ async def check_edit(steward: Any, *, approval_id: str, arguments: dict[str, Any
     connector_name, _, method = approval.action.partition(".")
     connector = steward.executor.connectors.get(connector_name)
     spec = type(connector).actions().get(method) if connector is not None else None
-    if spec is None:
-        raise InputInvalid(f"{approval.action} is not a connector action, so its arguments cannot be edited; "
-                           "approve it as it is or reject it with a reason", details=[
+    if spec is None or not approval.editable:
+        raise InputInvalid(f"the arguments of request {approval_id} ({approval.action}) cannot be edited: only a "
+                           "connector call whose action names editable arguments can; approve it as it is or "
+                           "reject it with a reason", details=[
                                {"loc": ["body", "arguments"], "msg": "not editable", "type": "value_error"}])
     if audit.digest({"action": approval.action, "arguments": approval.arguments}) != approval.arguments_hash:
         raise InputInvalid(f"approval {approval_id} shows its arguments redacted (they hold secrets), so they "
                            "cannot be edited; approve or reject them as they are", details=[
                                {"loc": ["body", "arguments"], "msg": "redacted arguments", "type": "value_error"}])
     edited = _validated(connector, method, arguments)
+    fixed = sorted(k for k in {*edited, *approval.arguments}
+                   if k not in approval.editable and edited.get(k) != approval.arguments.get(k))
+    if fixed:
+        raise InputInvalid(f"only {', '.join(approval.editable)} of {approval.action} may be edited; keep "
+                           f"{', '.join(fixed)} as proposed", details=[
+                               {"loc": ["body", "arguments", k], "msg": "not editable", "type": "value_error"}
+                               for k in fixed])
     for name, same in (("resource", spec.policy_resource), ("record", spec.current)):
-        if same is not None and same(edited) != same(approval.arguments):
-            kept = sorted(k for k in approval.arguments if edited.get(k) != approval.arguments.get(k))
-            raise InputInvalid(f"an edit changes values, not which record {approval.action} acts on: keep "
-                               f"{', '.join(kept)} as proposed", details=[
-                                   {"loc": ["body", "arguments", k], "msg": f"changes the {name}", "type": "value_error"}
-                                   for k in kept])
+        try:
+            moved = same is not None and same(edited) != same(approval.arguments)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise InputInvalid(f"the edited arguments do not name the {name} of {approval.action}: {exc!r}",
+                               details=[{"loc": ["body", "arguments"], "msg": str(exc), "type": "value_error"}]) from None
+        if moved:
+            raise InputInvalid(f"an edit changes values, not which record {approval.action} acts on", details=[
+                {"loc": ["body", "arguments"], "msg": f"changes the {name}", "type": "value_error"}])
     arguments_hash = audit.digest({"action": approval.action, "arguments": edited})
     if arguments_hash == approval.arguments_hash:
         return None
@@ -320,13 +354,39 @@ def _validated(connector: Any, method: str, arguments: dict[str, Any]) -> dict[s
               for name, p in inspect.signature(fn).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
     model = create_model(f"{connector.name}_{method}_arguments", __config__=ConfigDict(extra="forbid"), **fields)
     try:
-        return model.model_validate(arguments).model_dump(mode="json")
+        edited = model.model_validate(arguments).model_dump(mode="json", exclude_unset=True)
     except ValidationError as exc:
         details = [{"loc": ["body", "arguments", *error["loc"]], "msg": error["msg"], "type": error["type"]}
                    for error in exc.errors(include_url=False, include_input=False)]
         raise InputInvalid(f"the edited arguments do not fit {connector.name}.{method}: "
                            + "; ".join(f"{'.'.join(map(str, d['loc'][2:]))}: {d['msg']}" for d in details),
                            details=details) from None
+    problem = _unstorable(arguments)
+    try:
+        size = len(audit.canonical_json(edited))
+    except TypeError as exc:  # orjson: an integer beyond 64 bits, or nesting deeper than 255
+        problem = problem or f"a value JSON cannot store here ({exc}; send large numbers as strings)"
+        size = 0
+    if problem is None and size > MAX_EDIT_BYTES:
+        problem = f"{size} bytes of JSON, more than {MAX_EDIT_BYTES}"
+    if problem is not None:
+        raise InputInvalid(f"the edited arguments hold {problem}", details=[
+            {"loc": ["body", "arguments"], "msg": problem, "type": "value_error"}])
+    return edited
+
+
+def _unstorable(value: Any) -> str | None:
+    """A value JSON cannot carry as it is: NaN or an infinity (stored as null, it would say nothing)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return f"a number that is not finite ({item})"
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def _edit_denied(session: Session, *, approval_id: str, actor: str, denied: EditDenied) -> None:

@@ -104,6 +104,7 @@ class SqlApprovals:
                     roles=list(need.roles), required_approvals=need.required_approvals, policy=need.policy,
                     risk="high" if need.required_approvals > 1 else "normal",
                     remind_at=opened + sla / 2, due_at=opened + sla, expires_at=opened + 2 * sla, owner=need.owner, separate=list(need.separate),
+                    editable=list(need.editable),
                 )
                 session.add(approval)
             ids.append(approval.id)

@@ -84,6 +84,8 @@ class ApprovalNeed:
     """The workflow's owner: ``{"name", "email", "backup"}`` (where escalations go)."""
     separate: tuple[str, ...] = ()
     """Who else may not approve (a policy's ``@separate``: ``owner``)."""
+    editable: tuple[str, ...] = ()
+    """The arguments an approver may change (a connector action's ``editable``); empty: none."""
 
 
 class ApprovalPort(Protocol):

@@ -616,7 +616,7 @@ class Executor:
             required_approvals=int(value.get("approvals") or 1), policy=value.get("policy"),
             opened_at=self.clock(), sla_seconds=min(deadlines) if deadlines else None,
             owner={"name": wf.owner.name, "email": wf.owner.email, "backup": wf.owner.backup} if wf else None,
-            separate=tuple(policy.get("separate") or ()),
+            separate=tuple(policy.get("separate") or ()), editable=tuple(value.get("editable") or ()),
         )
 
     def _finish(

@@ -166,7 +166,7 @@ class Gate:
 
     async def require_approval(self, *, action: str, arguments: dict[str, Any], reason: str,
                                roles: tuple[str, ...] = (), approvals: int = 1,
-                               policy: dict[str, Any] | None = None) -> ApprovalDecision:
+                               policy: dict[str, Any] | None = None, editable: tuple[str, ...] = ()) -> ApprovalDecision:
         """Pause until ``approvals`` distinct people (of ``roles``, when a policy names them) approve exactly
         ``arguments``; raise :class:`ApprovalRejected` on a rejection.
 
@@ -186,6 +186,7 @@ class Gate:
             "roles": list(roles),
             "approvals": approvals,
             "policy": policy,
+            "editable": list(editable),  # a connector call's: which arguments an approver may change
         }
         while True:
             # On re-execution interrupt() hands back the recorded decision; a decision that was made for
@@ -195,7 +196,7 @@ class Gate:
                 decision = ApprovalDecision.model_validate(answer)
             except ValidationError:
                 continue
-            if arguments_hash not in (decision.arguments_hash, decision.edited_from):
+            if arguments_hash != decision.arguments_hash and not (editable and decision.edited_from == arguments_hash):
                 continue
             if not decision.approved:
                 raise ApprovalRejected(
@@ -424,10 +425,10 @@ class Gate:
             metrics.gate_decision(self.run, action=spec.name, decision="escalate")
             return await self.require_approval(action=spec.name, arguments=arguments, reason=verdict.reason,
                                                roles=verdict.roles, approvals=verdict.approvals,
-                                               policy=verdict.explain())
+                                               policy=verdict.explain(), editable=spec.editable)
         if spec.requires_approval:
             return await self.require_approval(action=spec.name, arguments=arguments,
-                                               reason=f"{spec.name} always requires approval")
+                                               reason=f"{spec.name} always requires approval", editable=spec.editable)
         return None
 
     async def _replayed(self, spec: ActionSpec, span: Any, call: dict[str, Any], recorded: Recorded) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -53,13 +54,14 @@ class Filters:
                         ("older_than_hours", ""))})
         if found.status not in STATUSES:
             raise _bad("status", f"one of {', '.join(STATUSES)}")
-        if len(found.workflow) > 100:
-            raise _bad("workflow", "at most 100 characters")
+        if len(found.workflow) > 100 or not found.workflow.isprintable():
+            raise _bad("workflow", "at most 100 printable characters")
         if found.role and not ROLE.match(found.role):
             raise _bad("role", "a role name like pricing_manager")
         if found.risk and found.risk not in RISKS:
             raise _bad("risk", f"one of {', '.join(RISKS)}")
-        if found.older_than_hours and (not found.older_than_hours.isdigit() or int(found.older_than_hours) > 8760):
+        if found.older_than_hours and (not re.fullmatch(r"[0-9]{1,4}", found.older_than_hours)
+                                       or int(found.older_than_hours) > 8760):
             raise _bad("older_than_hours", "a whole number of hours up to 8760")
         return found
 
@@ -155,8 +157,8 @@ async def current_values(steward: Any, approval: ApprovalRequest) -> tuple[list[
     if spec is None or spec.current is None:
         note = "" if connector is not None else "not a connector action: the values it proposes"
         return [DiffRow(k, None, v) for k, v in after.items()], note
-    read, arguments = spec.current(approval.arguments)
     try:
+        read, arguments = spec.current(approval.arguments)
         record = await asyncio.wait_for(connector.read(read, **arguments), steward.settings.http_timeout_seconds)
     except Exception as exc:  # noqa: BLE001 - shown to the approver: the page still renders
         return [DiffRow(k, None, v) for k, v in after.items()], (
@@ -178,25 +180,16 @@ class EditField:
     """It names the record the call acts on: an edit changes values, not the target."""
 
 
-def edit_fields(steward: Any, approval: ApprovalRequest) -> list[EditField]:
-    """The call's arguments as an edit form; none when the call cannot be edited (not a connector
-    action, or arguments shown redacted)."""
-    connector_name, _, method = approval.action.partition(".")
-    connector = steward.executor.connectors.get(connector_name)
-    spec = type(connector).actions().get(method) if connector is not None else None
+def edit_fields(approval: ApprovalRequest) -> list[EditField]:
+    """The call's arguments as an edit form, those the action does not name ``editable`` locked; none
+    when nothing may be edited (a step's own request, an action naming no editable argument, arguments
+    shown redacted)."""
     arguments = approval.arguments
-    if spec is None or audit.digest({"action": approval.action, "arguments": arguments}) != approval.arguments_hash:
-        return []
-    named: list[Any] = []
-    try:
-        if spec.resource is not None:
-            named.append(spec.resource(arguments)[1])
-        if spec.current is not None:
-            named += list(spec.current(arguments)[1].values())
-    except (KeyError, TypeError):  # arguments the action's own lambdas do not understand: not editable
+    if not approval.editable or audit.digest({"action": approval.action, "arguments": arguments}) != \
+            approval.arguments_hash:
         return []
     return [EditField(name, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False),
-                      not isinstance(value, str), any(value == n for n in named))
+                      not isinstance(value, str), name not in approval.editable)
             for name, value in arguments.items()]
 
 
@@ -264,4 +257,4 @@ async def detail(steward: Any, approval_id: str, me: SignedIn) -> Detail:
     return Detail(approval=approval, run=run, steps=steps, owner=owner, diff=diff, diff_note=note,
                   may_approve=may_approve, may_reject=may_reject, why_not=why_not,
                   overdue=approval.status == ApprovalStatus.pending and approval.due_at < utcnow(),
-                  timeline=timeline, edit=edit_fields(steward, approval) if may_approve else [])
+                  timeline=timeline, edit=edit_fields(approval) if may_approve else [])

@@ -80,6 +80,8 @@ class ActionSpec:
     resource: Resource | None = field(default=None, compare=False)
     context: ContextBuilder | None = field(default=None, compare=False)
     current: Current | None = field(default=None, compare=False)
+    editable: tuple[str, ...] = ()
+    """The arguments an approver may change when a call of this action waits for approval."""
 
     def policy_resource(self, arguments: dict[str, Any]) -> tuple[str, str]:
         """The Cedar resource of a call: the action's own, or the connector as a whole."""
@@ -107,6 +109,7 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 def action(
     *, scope: str, effect: Effect, inverse: str | None = None, requires_approval: bool = False,
     resource: Resource | None = None, context: ContextBuilder | None = None, current: Current | None = None,
+    editable: tuple[str, ...] = (),
 ) -> Callable[[F], F]:
     """Declare a connector method as a governed action (keyword-only arguments, JSON-safe).
 
@@ -116,7 +119,12 @@ def action(
 
     ``resource(arguments)`` names what a call acts on as a Cedar entity (``("Sku", "SKU-1001")``;
     default: the connector); ``context(facts, arguments)`` builds the record the policies read, as the
-    action's entry in the policy schema declares it (default: empty)."""
+    action's entry in the policy schema declares it (default: empty).
+
+    ``editable`` names the arguments an approver may change when a call waits for approval ("edit
+    within policy", e.g. a price's ``amount``); the others, and any action that names none, are approved
+    or rejected as the step proposed them. Name only values, never what says which record or person
+    the call acts on."""
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
@@ -136,6 +144,7 @@ def action(
             "resource": resource,
             "context": context,
             "current": current,
+            "editable": tuple(editable),
         }
         return governed  # type: ignore[return-value]
 

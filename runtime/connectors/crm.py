@@ -92,7 +92,7 @@ class CrmConnector(Connector):
         return (await self.request("POST", f"{OBJECTS}/contacts/search", json=body))["results"]
 
     @action(scope="crm.contacts.write", effect=Effect.write, inverse="archive_contact",
-            resource=lambda a: ("Contact", "new"))
+            resource=lambda a: ("Contact", "new"), editable=("properties",))
     async def create_contact(self, *, properties: dict[str, Any]) -> dict[str, Any]:
         return await self.request("POST", f"{OBJECTS}/contacts", json={"properties": properties})
 
@@ -112,7 +112,7 @@ class CrmConnector(Connector):
         return (await self.request("GET", "/crm/v3/owners"))["results"]
 
     @action(scope="crm.deals.write", effect=Effect.write, inverse="archive_deal",
-            resource=lambda a: ("Deal", "new"), context=deal_context)
+            resource=lambda a: ("Deal", "new"), context=deal_context, editable=("properties",))
     async def create_deal(self, *, properties: dict[str, Any], contact_id: str | None = None) -> dict[str, Any]:
         body = {"properties": properties, "associations": _associate(contact_id, 3)}
         return await self.request("POST", f"{OBJECTS}/deals", json=body)
@@ -125,7 +125,8 @@ class CrmConnector(Connector):
 
     @action(scope="crm.deals.write", effect=Effect.write, resource=lambda a: ("Deal", a["deal_id"]),
             context=deal_context,
-            current=lambda a: ("get_deal", {"deal_id": a["deal_id"], "properties": sorted(a["properties"])}))
+            current=lambda a: ("get_deal", {"deal_id": a["deal_id"], "properties": sorted(a["properties"])}),
+            editable=("properties",))
     async def update_deal(self, *, deal_id: str, properties: dict[str, Any]) -> dict[str, Any]:
         return await self.request("PATCH", f"{OBJECTS}/deals/{deal_id}", json={"properties": properties})
 
@@ -135,7 +136,7 @@ class CrmConnector(Connector):
         await self.request("DELETE", f"{OBJECTS}/deals/{deal_id}")
 
     @action(scope="crm.notes.write", effect=Effect.write, inverse="archive_note",
-            resource=lambda a: ("Note", "new"))
+            resource=lambda a: ("Note", "new"), editable=("body",))
     async def create_note(
         self, *, body: str, contact_id: str | None = None, deal_id: str | None = None
     ) -> dict[str, Any]:
@@ -151,7 +152,7 @@ class CrmConnector(Connector):
         await self.request("DELETE", f"{OBJECTS}/notes/{note_id}")
 
     @action(scope="crm.emails.send", effect=Effect.message, resource=lambda a: ("Recipient", a["to"]),
-            context=email_context)
+            context=email_context, editable=("contact_properties", "custom_properties"))
     async def send_email(
         self, *, email_id: int, to: str, cc: list[str] | None = None, bcc: list[str] | None = None,
         contact_properties: dict[str, str] | None = None, custom_properties: dict[str, Any] | None = None,

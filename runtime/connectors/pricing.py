@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +19,12 @@ if TYPE_CHECKING:
     from runtime.facts import Facts
 
 CHANGE_CAP = Decimal(1_000_000)  # % reported for a move away from a price of 0
+AMOUNT = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,6})?", re.ASCII)  # no spaces, underscores, exponents or other digits
 
 
 def _amount(value: Any, what: str) -> Decimal:
+    if what == "amount" and not AMOUNT.fullmatch(str(value)):  # what the policies see is what the service gets
+        raise PolicyContextInvalid(f"{what} {value!r} is not a decimal amount such as '115.00' (digits, one point)")
     try:
         amount = Decimal(str(value))
     except (InvalidOperation, ValueError):
@@ -56,6 +60,6 @@ class PricingConnector(Connector):
 
     @action(scope="pricing.prices.write", effect=Effect.write, inverse="set_price",
             resource=lambda a: ("Sku", a["sku"]), context=set_price_context,
-            current=lambda a: ("get_price", {"sku": a["sku"], "currency": a["currency"]}))
+            current=lambda a: ("get_price", {"sku": a["sku"], "currency": a["currency"]}), editable=("amount",))
     async def set_price(self, *, sku: str, currency: str, amount: str) -> dict[str, Any]:
         return await self.request("PUT", f"/prices/{sku}", json={"currency": currency, "amount": amount})

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
+from approvals import users
 from approvals.models import ApprovalStatus
 from approvals.service import decide
 from approvals.store import get_approval, list_approvals
 from runtime import audit, store
-from runtime.errors import Conflict, EditDenied, InputInvalid, SeparationOfDuties
+from runtime.errors import Conflict, EditDenied, Forbidden, InputInvalid, SeparationOfDuties
 from runtime.models import RunStatus
 from runtime.service import Steward
 from tests.approvals.test_inbox import CSRF, HASH, Browser
-from tests.fakes import settle
+from tests.fakes import settle, single_node_workflow
 
 PRICE_115 = {"items": [{"sku": "SKU-1001", "new_price": "115.00", "currency": "EUR"}], "reason": "supplier cost up"}
 
@@ -139,12 +141,17 @@ async def test_an_edit_that_empties_earlier_approvals_counts_only_the_editors(st
 
 
 @pytest.mark.parametrize(("arguments", "field", "message"), [
-    (proposed("108.00", sku="SKU-1002"), "sku", "not which record"),
-    (proposed("108.00", currency="USD"), "currency", "not which record"),
+    (proposed("108.00", sku="SKU-1002"), "sku", "only amount of pricing.set_price may be edited"),
+    (proposed("108.00", currency="USD"), "currency", "only amount"),
     ({"sku": "SKU-1001", "currency": "EUR", "amount": 108}, "amount", "do not fit"),
     ({**proposed("108.00"), "discount": "5"}, "discount", "do not fit"),
     ({"sku": "SKU-1001", "currency": "EUR"}, "amount", "do not fit"),
     (proposed("a lot"), "arguments", "amount"),
+    (proposed(" 108.00 "), "arguments", "not a decimal amount"),  # what the policies read is what is sent
+    (proposed("1_08.00"), "arguments", "not a decimal amount"),
+    (proposed("１０８.００"), "arguments", "not a decimal amount"),
+    (proposed("108.00\n"), "arguments", "not a decimal amount"),
+    (proposed("1" * 70_000), "arguments", "more than 65536"),
 ])
 async def test_an_edit_keeps_the_record_and_the_shape_of_the_call(steward: Steward, arguments, field, message) -> None:
     run, asked = await waiting(steward)
@@ -293,3 +300,121 @@ def test_an_edit_in_the_inbox(client, sandbox) -> None:
     assert price(sandbox) == "108.00"  # the posted sku was locked: the record stayed SKU-1001
     after = manager.page(f"/inbox/{approval_id}?done=edit").text
     assert "Your approval of the edited values is recorded." in after and "Edited by demo.approver" in after
+
+
+# What an adversarial review found, kept as tests.
+
+async def test_an_edit_brings_its_policys_separation_of_duties_along(steward: Steward, sandbox) -> None:
+    """The workflow's owner may approve a 15 % rise, but an edit to 30 % falls under a policy that keeps
+    the owner out: the owner cannot approve it by editing it there."""
+    await steward.db.run(lambda s: users.add_user(session=s, name="owner", roles=["pricing_manager"],
+                                                  email="pricing-ops@example.com", actor="test"))
+    run, asked = await waiting(steward)
+    with pytest.raises(SeparationOfDuties, match="owns workflow price_change"):
+        await edit(steward, asked, "130.00", actor="owner")
+    still = await reread(steward, asked.id)
+    assert still.arguments_hash == asked.arguments_hash and still.approvers == []
+    assert [e.actor for e in await trail(steward, run.id, "approval.sod_violation")] == ["owner"]
+    assert price(sandbox) == "100.00"
+
+
+async def test_an_edit_to_a_stricter_policy_takes_its_deadline(steward: Steward) -> None:
+    _, asked = await waiting(steward)
+    assert (asked.due_at - asked.remind_at, asked.expires_at - asked.due_at) == (timedelta(hours=12), timedelta(hours=24))
+    edited = await edit(steward, asked, "130.00")  # pricing.change_over_25_pct: @sla("8h"), from the same start
+    assert (edited.remind_at, edited.due_at, edited.expires_at) == (
+        asked.remind_at - timedelta(hours=8), asked.due_at - timedelta(hours=16), asked.expires_at - timedelta(hours=32))
+
+
+async def test_who_may_decide_is_checked_before_the_edit(steward: Steward) -> None:
+    """The requester and a person without the role learn that they may not decide, not what the
+    policies would say of their edit (nor does the server read the connector for them)."""
+    await steward.db.run(lambda s: users.add_user(session=s, name="sam", roles=["sales_ops"], actor="test"))
+    run, asked = await waiting(steward)
+    with pytest.raises(SeparationOfDuties):
+        await edit(steward, asked, "60.00", actor="alice")
+    with pytest.raises(Forbidden, match="is for pricing_manager"):
+        await decide(steward, approval_id=asked.id, decision="approve", actor="sam", check_roles=True,
+                     arguments_hash=asked.arguments_hash, arguments=proposed("60.00"))
+    assert await trail(steward, run.id, "approval.edit_denied") == []
+    assert [e.actor for e in await trail(steward, run.id, "authz.denied")] == ["sam"]
+
+
+def step_asking(arguments: dict[str, Any]) -> Any:
+    async def ask(state: dict, runtime: Any) -> dict:
+        decision = await runtime.context.request_approval(action="pricing.set_price", arguments=arguments,
+                                                          reason="the step asks")
+        return {"approved": decision.arguments}
+
+    return single_node_workflow("asks", ask, grants=set())
+
+
+@pytest.mark.parametrize("arguments", [proposed("109.00"), {"amount": "109.00"}])
+async def test_a_steps_own_request_is_never_edited(open_custom, arguments) -> None:
+    """A step's request_approval named like a connector action is not a gated call: an edit would be
+    recorded and then not executed, so it is refused, whatever its arguments."""
+    async with open_custom([step_asking(arguments)]) as custom:
+        run, _ = await custom.executor.submit(workflow="asks", input={}, actor="alice")
+        await custom.executor.drive(run.id)
+        asked = await pending(custom, run.id)
+        with pytest.raises(InputInvalid, match="cannot be edited"):
+            await decide(custom, approval_id=asked.id, decision="approve", actor="bob",
+                         arguments_hash=asked.arguments_hash, arguments={**arguments, "amount": "105.00"})
+        assert (await reread(custom, asked.id)).proposed_arguments is None
+
+
+async def test_a_read_only_role_decides_no_request_and_a_tokens_own_name_may(open_custom) -> None:
+    """Through every entry point (check_roles): a request naming no role is decided by a user holding a
+    deciding role, not by an operator alone; a token's name with no user record is not a user."""
+    async with open_custom([step_asking(proposed("109.00"))]) as custom:
+        await custom.db.run(lambda s: users.add_user(session=s, name="ops", roles=["operator"], actor="test"))
+        run, _ = await custom.executor.submit(workflow="asks", input={}, actor="alice")
+        await custom.executor.drive(run.id)
+        asked = await pending(custom, run.id)
+        with pytest.raises(Forbidden, match="holds no role that decides"):
+            await decide(custom, approval_id=asked.id, decision="approve", actor="ops", check_roles=True)
+        done = await decide(custom, approval_id=asked.id, decision="approve", actor="script.bot", check_roles=True)
+        assert done.status == ApprovalStatus.approved
+
+
+def new_deal() -> Any:
+    async def create(state: dict, runtime: Any) -> dict:
+        deal = await runtime.context.crm.create_deal(properties={"dealname": "Big", "amount": "60000"},
+                                                     contact_id="1")
+        return {"deal": deal["id"]}
+
+    return single_node_workflow("big_deal", create, grants={"crm.deals.write"})
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    ({"properties": {"dealname": "Big", "amount": "60000"}, "contact_id": "999999"}, "keep contact_id"),
+    ({"properties": {"dealname": "Big", "amount": "60000"}}, "keep contact_id"),  # left out is changed too
+    ({"properties": {"dealname": "Big", "amount": float("nan")}, "contact_id": "1"}, "not finite"),
+    ({"properties": {"dealname": "Big", "amount": float("inf")}, "contact_id": "1"}, "not finite"),
+    ({"properties": {"dealname": "Big", "n": 10**30}, "contact_id": "1"}, "JSON cannot store"),
+])
+async def test_a_deal_edit_changes_its_values_only(open_custom, arguments, message) -> None:
+    async with open_custom([new_deal()]) as custom:
+        run, _ = await custom.executor.submit(workflow="big_deal", input={}, actor="alice")
+        await custom.executor.drive(run.id)
+        asked = await pending(custom, run.id)
+        assert asked.editable == ["properties"] and asked.roles == ["sales_ops"]
+        with pytest.raises(InputInvalid, match=message):
+            await decide(custom, approval_id=asked.id, decision="approve", actor="bob",
+                         arguments_hash=asked.arguments_hash, arguments=arguments)
+        done = await decide(custom, approval_id=asked.id, decision="approve", actor="bob",
+                            arguments_hash=asked.arguments_hash,
+                            arguments={"properties": {"dealname": "Big", "amount": "45000"}, "contact_id": "1"})
+        assert done.status == ApprovalStatus.approved and done.policy["outcome"] == "allow"
+
+
+def test_the_inbox_answers_bad_addresses_and_filters_with_4xx(client) -> None:
+    manager = Browser(client)
+    manager.sign_in("demo.approver", "demo-approver-pass")
+    for path in ("/inbox?older_than_hours=%C2%B2", "/inbox?workflow=%00", "/inbox/%00", "/inbox/" + "a" * 65):
+        answer = manager.page(path)
+        assert 400 <= answer.status_code < 500, (path, answer.status_code)
+    page = manager.page("/inbox").text
+    forged = manager.http.post("/inbox/%00/decision", data={"csrf_token": CSRF.search(page).group(1)},
+                               follow_redirects=False)
+    assert 400 <= forged.status_code < 500

@@ -17,6 +17,7 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table('approval_requests') as batch:
+        batch.add_column(sa.Column('editable', sa.JSON(), nullable=False, server_default='[]'))
         batch.add_column(sa.Column('proposed_arguments', sa.JSON(), nullable=True))
         batch.add_column(sa.Column('proposed_arguments_hash', sqlmodel.sql.sqltypes.AutoString(length=64),
                                    nullable=True))
@@ -35,3 +36,4 @@ def downgrade() -> None:
         batch.drop_column('edited_by')
         batch.drop_column('proposed_arguments_hash')
         batch.drop_column('proposed_arguments')
+        batch.drop_column('editable')
