@@ -143,6 +143,16 @@ class SqlApprovals:
         """Approval rows that differ from the audit events they project (see :func:`disagreements`)."""
         return disagreements(session)
 
+    def decision_counts(self, session: Session, *, workflow: str) -> dict[str, tuple[int, int]]:
+        rows = session.execute(select(ApprovalRequest.version, ApprovalRequest.status, func.count())
+                               .where(ApprovalRequest.workflow == workflow, ApprovalRequest.status.in_(DECIDED))
+                               .group_by(ApprovalRequest.version, ApprovalRequest.status)).all()
+        counts: dict[str, tuple[int, int]] = {}
+        for version, status, count in rows:
+            decided, rejected = counts.get(version, (0, 0))
+            counts[version] = (decided + count, rejected + (count if status == ApprovalStatus.rejected else 0))
+        return counts
+
     def disabled(self, session: Session, *, user: str) -> bool:
         return users.is_disabled(session=session, name=user)
 

@@ -37,17 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 from sqlalchemy import insert
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from approvals.models import ApprovalRequest  # noqa: E402
+from bench.databases import fresh  # noqa: E402
 from runtime.db import Database  # noqa: E402
 from runtime.models import Run  # noqa: E402
 
-PG_ADMIN = os.environ.get("STEWARD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 TARGET_P95_MS = 100.0
 BATCH = 5000
 
@@ -115,22 +114,8 @@ def sign_in(client: httpx.Client) -> None:
     assert done.status_code == 200 and "Approval requests" in done.text, done.text[:500]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pending", type=int, default=100_000)
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="steward-bench-inbox-"))
-    dropped = None
-    if args.database == "sqlite":
-        url = f"sqlite:///{work / 'steward.db'}"
-    else:
-        name = f"steward_bench_inbox_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        dropped = name
-        url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
+def measure(url: str, args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], float]:
+    """Fill the database at ``url``, start the server on it and time each kind of page."""
     db = Database(url)
     db.upgrade()
     started = time.perf_counter()
@@ -178,10 +163,19 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=30)
         log.close()
-        if dropped:
-            with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{dropped}" WITH (FORCE)')
+    return pages, filled
 
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pending", type=int, default=100_000)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="steward-bench-inbox-"))
+    with fresh(args.database, "inbox") as url:
+        pages, filled = measure(url, args, work)
     print(f"\ninbox with {args.pending:,} pending approvals ({args.pending // 5:,} decided), {args.database}, "
           f"{args.requests} sequential requests each (filled in {filled:.0f} s)\n")
     print(f"| page | p50 ms | p95 ms | max ms |\n| --- | --- | --- | --- |")

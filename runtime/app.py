@@ -38,7 +38,7 @@ _READ = ("runs:read", "approvals:read", "workflows:read", "policy:read")
 # server outside demo mode refuses them, also in a database that was first created in demo mode.
 DEMO_TOKENS = (
     ("demo.operator", "steward-demo-operator",
-     (*_READ, "runs:write", "audit:read", "quarantine:read", "quarantine:write")),
+     (*_READ, "runs:write", "audit:read", "quarantine:read", "quarantine:write", "rollouts:write")),
     ("demo.approver", "steward-demo-approver", (*_READ, "approvals:decide")),
     ("demo.approver2", "steward-demo-approver-2", (*_READ, "approvals:decide")),
     ("demo.compliance", "steward-demo-compliance", (*_READ, "audit:read", "quarantine:read")),

@@ -117,6 +117,11 @@ class ApprovalPort(Protocol):
         audit events it is a projection of (its decision, decider, approvers or arguments)."""
         ...
 
+    def decision_counts(self, session: Session, *, workflow: str) -> dict[str, tuple[int, int]]:
+        """For each version of ``workflow``: how many of its requests were decided, and how many of
+        those were rejected (expiry included)."""
+        ...
+
     def disabled(self, session: Session, *, user: str) -> bool:
         """Whether ``user`` was disabled (their tokens stop working, also ones issued afterwards)."""
         ...

@@ -218,14 +218,54 @@ def workflows_list(output: OutputOption = Output.text) -> None:
     for wf in workflows:
         latest = wf["versions"][0]
         others = ", ".join(v["version"] for v in wf["versions"][1:])
-        typer.echo(f"{wf['name']:<18} {wf['latest_version']:<8} {latest['owner']['email']:<28} "
-                   f"{latest['description']}" + (f"  (also {others})" if others else ""))
+        split = ", ".join(f"{v['version']} {v['weight']}%" for v in wf["versions"] if v["weight"])
+        typer.echo(f"{wf['name']:<18} {split:<22} {latest['owner']['email']:<28} "
+                   f"{latest['description']}" + (f"  (loaded: {latest['version']}, {others})" if others else ""))
 
 
 @workflows_app.command("show")
 def workflows_show(name: str, output: OutputOption = Output.json) -> None:
-    """One workflow: every loaded version with its grants, code hash and input schema."""
+    """One workflow: its rollout, every loaded version with its grants, code hash, input schema, share of
+    new runs and health."""
     emit_json(call(lambda api: api.get(f"/api/v1/workflows/{name}")))
+
+
+Reason = Annotated[str, typer.Option(help="Why (at least 3 characters): it goes into the audit trail")]
+
+
+@app.command("rollout")
+def rollout_command(
+    name: str, version: str,
+    percent: Annotated[int, typer.Option(min=0, max=100, help="The canary's share of new runs (0 ends it)")],
+    reason: Reason,
+) -> None:
+    """Send a share of new runs of a workflow to a version (a canary), routed by key; as the token's user."""
+    emit_json(call(lambda api: api.post(f"/api/v1/workflows/{name}/rollout",
+                                        {"version": version, "percent": percent, "reason": reason})))
+
+
+@app.command("promote")
+def promote_command(name: str, version: str, reason: Reason) -> None:
+    """Make a version the one every new run of the workflow takes; the canary ends."""
+    emit_json(call(lambda api: api.post(f"/api/v1/workflows/{name}/promote", {"version": version, "reason": reason})))
+
+
+class InFlight(str, enum.Enum):
+    continue_ = "continue"
+    cancel = "cancel"
+
+
+@app.command("rollback")
+def rollback_command(
+    name: str, reason: Reason,
+    to: Annotated[str | None, typer.Option("--to", help="Default: the stable version when there is a canary, "
+                                                       "else the stable version before the last promotion")] = None,
+    in_flight: Annotated[InFlight, typer.Option(help="continue: started runs finish on their version; cancel: "
+                                                     "those of the versions rolled back from are cancelled")] = InFlight.continue_,
+) -> None:
+    """Send every new run of a workflow back to a version."""
+    emit_json(call(lambda api: api.post(f"/api/v1/workflows/{name}/rollback", {
+        "reason": reason, "in_flight": in_flight.value, **({"to_version": to} if to else {})})))
 
 
 @audit_app.command("list")
@@ -499,7 +539,7 @@ def tokens_create(
     user: Annotated[str, typer.Option(help="Whom the token belongs to (recorded as the actor)")],
     scope: Annotated[list[str], typer.Option(help=(
         "What the token may do, repeated: runs:read runs:write approvals:read approvals:decide audit:read "
-        "quarantine:read quarantine:write policy:read workflows:read, or all"))] = [],  # noqa: B006 - typer's way
+        "quarantine:read quarantine:write policy:read workflows:read rollouts:write, or all"))] = [],  # noqa: B006 - typer's way
 ) -> None:
     """Create an API token carrying the scopes named; it is shown once."""
     from runtime import audit, scopes, store

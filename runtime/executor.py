@@ -35,7 +35,7 @@ from pydantic_core import to_jsonable_python
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from runtime import audit, logs, metrics, store
+from runtime import audit, logs, metrics, rollout, store
 from runtime.approval import ApprovalNeed, ApprovalPort
 from runtime.checkpoint import EPOCH, WORKER, owned_by
 from runtime.connectors.base import Connector
@@ -56,6 +56,7 @@ from runtime.policy import PolicyBook
 from runtime.journal import Journal
 from runtime.models import (
     FINISHED,
+    Rollout,
     Run,
     RunStatus,
     StepStatus,
@@ -181,10 +182,11 @@ class Executor:
         self, *, workflow: str, input: Any, actor: str, idempotency_key: str | None = None,
         version: str | None = None,
     ) -> tuple[Run, bool]:
-        """Validate and queue a run pinned to ``version`` (default: the highest loaded version of ``workflow``).
-        Returns ``(run, created)``; a repeated idempotency key returns the first run."""
-        wf = self.registry.get(workflow, version)
-        data = wf.validate_input(input)
+        """Validate and queue a run pinned to ``version`` (default: the one the workflow's rollout routes it
+        to, see :mod:`runtime.rollout`). Returns ``(run, created)``; a repeated idempotency key returns the
+        first run."""
+        named = self.registry.get(workflow, version)  # 404 for an unknown workflow or version
+        data = named.validate_input(input) if version is not None else None
         if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
             raise InputInvalid("an idempotency key has 1 to 200 characters", details=[
                 {"loc": ["idempotency_key"], "msg": "1 to 200 characters", "type": "string_length"}])
@@ -193,16 +195,47 @@ class Executor:
 
             def create(session: Session) -> Run:
                 created.clear()
-                return self.create_run(session, wf=wf, data=data, actor=actor, idempotency_key=idempotency_key,
-                                       version=version, created=created)
+                wf, checked, route = named, data, None
+                if version is None:  # routed in the transaction that creates the run: one rollout state
+                    state, _ = rollout.state_of(session, self.registry, workflow)
+                    stable = self.registry.get(workflow, state.stable)
+                    key = rollout.routing_key(stable.routing_key, input, idempotency_key)
+                    route = rollout.route(state, workflow=workflow, key=key, field=stable.routing_key)
+                    wf = self.registry.get(workflow, route.version)
+                    checked = wf.validate_input(input)
+                    route_data = route.audit(state)
+                return self.create_run(session, wf=wf, data=checked, actor=actor, idempotency_key=idempotency_key,
+                                       version=version, created=created,
+                                       route=route_data if route is not None else None)
 
             run = await self.db.run(create)
         self._wake.set()
         return run, created == [True]
 
+    async def change_rollout(self, *, workflow: str, action: rollout.Action, actor: str, reason: str,
+                             version: str | None = None, percent: int | None = None,
+                             in_flight: str = "continue") -> tuple[Rollout, list[str]]:
+        """Change the workflow's rollout (see :func:`runtime.rollout.change`); with a rollback's
+        ``in_flight="cancel"``, then cancel every run of the versions it took traffic from that has not
+        ended (each cancel audited as any other). Returns the new state and the runs cancelled."""
+        state, stopping = await self.db.run(lambda s: rollout.change(
+            s, self.registry, workflow=workflow, action=action, actor=actor, reason=reason, version=version,
+            percent=percent, in_flight=in_flight))
+        cancelled = []
+        if stopping:
+            ids = await self.db.run(lambda s: rollout.in_flight_runs(s, workflow=workflow, versions=stopping),
+                                    read_only=True)
+            for run_id in ids:
+                try:
+                    await self.cancel(run_id=run_id, actor=actor)
+                except Conflict:  # it ended meanwhile
+                    continue
+                cancelled.append(run_id)
+        return state, cancelled
+
     def create_run(self, session: Session, *, wf: Workflow, data: dict[str, Any], actor: str,
                    idempotency_key: str | None = None, version: str | None = None,
-                   created: list[bool] | None = None) -> Run:
+                   created: list[bool] | None = None, route: dict[str, Any] | None = None) -> Run:
         """Inside the caller's transaction: queue a run of ``wf`` on ``data`` (its validated input; see
         :meth:`submit`, and call :meth:`wake` after commit). ``version`` is the one the caller asked for,
         if any. Its trace is the current span's. ``created`` gets True appended when the run is new,
@@ -242,7 +275,8 @@ class Executor:
         else:
             store.insert_run(session=session, run=run)
         audit.append(session, kind="run.created", actor=actor, run=run,
-                     data={"input_digest": audit.digest(data), "owner": wf.owner.email})
+                     data={"input_digest": audit.digest(data), "owner": wf.owner.email,
+                           **({"route": route} if route is not None else {})})
         store.notify_queued(session=session)
         if created is not None:
             created.append(True)

@@ -133,6 +133,23 @@ class WorkflowVersion(SQLModel, table=True):
     registered_at: datetime = _ts()
 
 
+class Rollout(SQLModel, table=True):
+    """Which version of a workflow new runs take: the stable one, and a canary for a share of them
+    (see ``runtime.rollout``). A workflow with no row routes every new run to its lowest loaded version."""
+
+    __tablename__ = "rollouts"
+
+    workflow: str = Field(primary_key=True, max_length=100)
+    stable: str = Field(max_length=50)
+    canary: str | None = Field(default=None, max_length=50)
+    canary_percent: int = Field(default=0, ge=0, le=100)
+    previous_stable: str | None = Field(default=None, max_length=50, description="What a rollback returns to")
+    revision: int = Field(default=1, description="Counts the changes; the routing is the same while it is")
+    updated_by: str = Field(max_length=200)
+    reason: str = Field(max_length=1000)
+    updated_at: datetime = _ts()
+
+
 class RunStep(SQLModel, table=True):
     """One execution of one graph node (a LangGraph task). A task run again after a resume starts
     its step over; steps live in their own table, so audit retention never changes them."""

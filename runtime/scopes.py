@@ -26,7 +26,8 @@ SCOPES: dict[str, str] = {
     "quarantine:read": "list and read quarantined records",
     "quarantine:write": "release or drop quarantined records",
     "policy:read": "ask the policies about a hypothetical action",
-    "workflows:read": "list the loaded workflows and their input schemas",
+    "workflows:read": "list the loaded workflows, their input schemas, rollouts and health",
+    "rollouts:write": "roll a workflow version out, promote it, roll back",
 }
 ALL = frozenset(SCOPES)
 EVERY = "all"  # what `--scope all` means: every scope there is

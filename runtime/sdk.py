@@ -86,6 +86,9 @@ class Workflow:
     models: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """Default chat models by name (a ``BaseChatModel`` or a function returning one); a process may
     configure another under the same name (``STEWARD_MODELS``), see :meth:`StepContext.model`."""
+    routing_key: str | None = None
+    """A top-level field of the input that new runs are routed by during a rollout (a customer id:
+    the customer keeps their version); None: the client's Idempotency-Key (see ``runtime.rollout``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checks", checks_by_kind(
@@ -124,14 +127,19 @@ class Workflow:
             problems += [f"model {name!r}: give a lower_snake_case name and a chat model or a function returning one"
                          for name, model in self.models.items()
                          if not (isinstance(name, str) and NAME.match(name) and callable_or_model(model))]
+        if self.routing_key is not None and not (isinstance(self.routing_key, str) and self.routing_key in getattr(
+                self.input_model, "model_fields", {})):
+            problems.append(f"routing_key {self.routing_key!r} must name a field of the input model")
         if problems:
             raise WorkflowDefinitionError(f"workflow {self.name!r} is invalid: " + "; ".join(problems))
         object.__setattr__(self, "grants", grants)
 
     @cached_property
     def code_hash(self) -> str:
-        """SHA-256 of the source of the module that defines ``build`` (see :func:`code_hash`)."""
-        return code_hash(self.build)
+        """SHA-256 of the source of the module that defines ``build`` and of every module that defines one
+        of its nodes (see :func:`code_hash`)."""
+        return code_hash(self.build, nodes=[getattr(spec.runnable, "afunc", None) or getattr(spec.runnable, "func", None)
+                                            for spec in self.graph.nodes.values()])
 
     @cached_property
     def graph(self) -> StateGraph:
@@ -208,14 +216,32 @@ def semver_key(version: str) -> tuple:
     return major, minor, patch, 0 if dash else 1, identifiers, build
 
 
-def code_hash(build: Callable[..., Any]) -> str:
+def code_hash(build: Callable[..., Any], *, nodes: Iterable[Any] = ()) -> str:
     """SHA-256 (hex) of the source of the module that defines ``build``: any edit of that module changes it.
+    A version whose nodes are defined in other modules too (steps shared between versions) is hashed over
+    all of them, so an edit of a shared step changes every version that uses it; LangGraph's and
+    LangChain's own modules are left out.
 
     A function whose module has no readable source (defined in a REPL) is hashed by its compiled code.
 
     >>> code_hash(price_change.build) == hashlib.sha256(Path(price_change.__file__).read_bytes()).hexdigest()
     True
     """
+    own = _module_hash(build)
+    home = inspect.getmodule(build)
+    others: dict[str, Any] = {}  # module name: one of its node functions
+    for fn in nodes:
+        module = inspect.getmodule(fn) if callable(fn) else None
+        if module is not None and module is not home and not module.__name__.startswith(("langgraph", "langchain")):
+            others.setdefault(module.__name__, fn)
+    if not others:
+        return own  # one module: the SHA-256 of its source, as it always was
+    parts = sorted([(home.__name__ if home is not None else "", own),
+                    *((name, _module_hash(fn)) for name, fn in others.items())])
+    return hashlib.sha256("".join(f"{name}\n{digest}\n" for name, digest in parts).encode()).hexdigest()
+
+
+def _module_hash(build: Any) -> str:
     module = inspect.getmodule(build)
     try:
         source = inspect.getsource(module).encode() if module is not None else None

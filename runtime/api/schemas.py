@@ -114,11 +114,70 @@ class WorkflowVersionPublic(BaseModel):
     owner: OwnerPublic
     description: str
     grants: list[str] = Field(description="The connector action scopes this version may use")
-    code_hash: str = Field(description="SHA-256 of the module that builds the version's graph")
+    code_hash: str = Field(description="SHA-256 of the modules that build the version's graph and its steps")
     input_schema: dict[str, Any] = Field(description="The JSON Schema a run's `input` must match")
+    weight: int = Field(description="The percentage of new runs routed to this version now")
+    health: VersionHealth | None = Field(None, description="Its runs so far (`GET /workflows/{name}` only)")
+
+
+class VersionHealth(BaseModel):
+    runs: int = Field(description="Runs started on this version")
+    in_flight: int = Field(description="Of those, not ended yet")
+    failed: int
+    failure_rate: float | None = Field(description="Failed of those that ended (None: none ended)")
+    approvals_decided: int
+    approvals_rejected: int
+    rejection_rate: float | None = Field(description="Rejected (or expired) of the approvals decided")
+    median_duration_ms: float | None = Field(description="Of the last 1,000 runs that ended")
+
+
+class RolloutPublic(BaseModel):
+    stable: str = Field(description="The version new runs take, but for the canary's share")
+    canary: str | None
+    canary_percent: int = Field(description="The share of new runs routed to the canary, 0 to 100")
+    previous_stable: str | None = Field(description="What a rollback without to_version returns to")
+    revision: int = Field(description="Counts the changes (0: nobody rolled this workflow out yet)")
+    updated_by: str
+    reason: str
+    updated_at: datetime | None
+    routing_key: str = Field(description="What new runs are routed by: an input field, or the Idempotency-Key")
 
 
 class WorkflowPublic(BaseModel):
     name: str
-    latest_version: str = Field(description="The version a new run takes unless it names one")
+    latest_version: str = Field(description="The highest loaded version (a new run takes it only when it is stable "
+                                            "or its canary share says so)")
+    rollout: RolloutPublic
+    policy_hash: str = Field(description="The policy set new runs are pinned to")
     versions: list[WorkflowVersionPublic] = Field(description="Every loaded version, highest first")
+
+
+class RolloutCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(max_length=50, description="The canary: a loaded version other than the stable one")
+    percent: int = Field(ge=0, le=100, description="Its share of new runs (0 ends the canary)")
+    reason: str = Field(min_length=3, max_length=1000, pattern=r"^[^\x00]*$")
+
+
+class PromoteCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(max_length=50, description="The version that becomes stable (usually the canary)")
+    reason: str = Field(min_length=3, max_length=1000, pattern=r"^[^\x00]*$")
+
+
+class RollbackCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to_version: str | None = Field(None, max_length=50, description=(
+        "Default: the stable version when there is a canary, else the stable version before the last promotion"))
+    reason: str = Field(min_length=3, max_length=1000, pattern=r"^[^\x00]*$")
+    in_flight: Literal["continue", "cancel"] = Field("continue", description=(
+        "continue: runs already started finish on their version; cancel: runs of the versions rolled back "
+        "from that have not ended are cancelled (each audited)"))
+
+
+class RolloutChanged(BaseModel):
+    workflow: WorkflowPublic
+    cancelled: list[str] = Field(description="The runs a rollback with in_flight=cancel cancelled")

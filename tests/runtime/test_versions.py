@@ -144,17 +144,27 @@ def test_the_same_version_twice_is_refused_but_two_versions_are_not() -> None:
         Registry([V100, V110, V100_EDITED])
 
 
-def test_the_code_hash_is_the_sha256_of_the_module_that_defines_build() -> None:
-    assert V100.code_hash == hashlib.sha256(Path(price_change.__file__).read_text().encode()).hexdigest()
-    assert V110.code_hash == hashlib.sha256(Path(__file__).read_text().encode()).hexdigest()
+def test_the_code_hash_covers_the_module_that_defines_build_and_those_of_its_steps() -> None:
+    shipped = hashlib.sha256(Path(price_change.__file__).read_text().encode()).hexdigest()
+    assert V100.code_hash == shipped  # one module: the SHA-256 of its source
+    ours = hashlib.sha256(Path(__file__).read_text().encode()).hexdigest()
+    parts = sorted([(__name__, ours), (price_change.__name__, shipped)])  # 1.1.0 uses 1.0.0's steps: both count
+    assert V110.code_hash == hashlib.sha256("".join(f"{n}\n{d}\n" for n, d in parts).encode()).hexdigest()
     assert V100_EDITED.code_hash == V110.code_hash != V100.code_hash
 
 
 # -- submitting and resuming --------------------------------------------------------------------
 
 
-async def test_new_runs_take_the_highest_version_unless_one_is_named(open_with, sandbox) -> None:
+async def test_new_runs_take_the_stable_version_unless_one_is_named(open_with, sandbox) -> None:
+    """Nobody rolled price_change out: its lowest loaded version is stable, and 1.1.0 takes runs that
+    name it until an operator promotes it."""
     async with open_with(V100, V110) as steward:
+        first, _ = await steward.executor.submit(workflow="price_change", input=PRICE_105, actor="alice",
+                                                 idempotency_key="before")
+        assert first.version == "1.0.0"
+        await steward.executor.change_rollout(workflow="price_change", action="promote", version="1.1.0",
+                                              actor="ops", reason="1.1.0 stamps its summary")
         latest, _ = await steward.executor.submit(workflow="price_change", input=PRICE_105, actor="alice")
         named, _ = await steward.executor.submit(workflow="price_change", input=PRICE_104, actor="alice",
                                                  version="1.0.0")
@@ -184,6 +194,8 @@ async def test_a_run_waiting_on_1_0_0_finishes_on_1_0_0_after_1_1_0_is_deployed(
         assert await steps(new, run.id) == ["read_prices", "apply_prices", "record"]
         assert price(sandbox, "SKU-1001") == "115.00"
 
+        await new.executor.change_rollout(workflow="price_change", action="promote", version="1.1.0",
+                                          actor="ops", reason="1.1.0 is deployed")
         fresh, _ = await new.executor.submit(workflow="price_change", input=PRICE_105, actor="alice")
         fresh = await new.executor.drive(fresh.id)
         assert (fresh.version, fresh.output["summary"]["graph_version"]) == ("1.1.0", "1.1.0")
@@ -288,7 +300,7 @@ async def test_changed_code_under_a_version_with_runs_refuses_to_start(open_with
 
 async def test_changed_code_under_a_version_without_runs_is_recorded(open_with) -> None:
     async with open_with(V100, V110) as steward:
-        await steward.executor.submit(workflow="price_change", input=PRICE_105, actor="alice")  # on 1.1.0
+        await steward.executor.submit(workflow="price_change", input=PRICE_105, actor="alice", version="1.1.0")
     async with open_with(V100_EDITED, V110) as steward:
         assert (await hashes(steward))[("price_change", "1.0.0")] == V100_EDITED.code_hash
         [event] = [e for e in await steward.db.run(lambda s: store.list_audit(session=s))

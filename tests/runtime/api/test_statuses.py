@@ -60,6 +60,9 @@ def test_every_declared_error_status_of_every_operation_is_reachable(api, monkey
               ("post", "/api/v1/approvals/{approval_id}/decision"): {"decision": "approve", "comment": "ok"},
               ("post", "/api/v1/approvals/{approval_id}/comments"): {"comment": "margin looks thin"},
               ("post", "/api/v1/runs/{run_id}/policy"): {"policy_hash": policy_hash, "reason": "same set"},
+              ("post", "/api/v1/workflows/{name}/rollout"): {"version": "1.1.0", "percent": 10, "reason": "try it"},
+              ("post", "/api/v1/workflows/{name}/promote"): {"version": "1.1.0", "reason": "it is stable"},
+              ("post", "/api/v1/workflows/{name}/rollback"): {"reason": "back to stable"},
               ("post", "/api/v1/policy/evaluate"): {"workflow": "price_change", "action": "pricing.set_price",
                                                     "arguments": {"sku": "SKU-1001", "currency": "EUR",
                                                                   "amount": "101.00"}}}
@@ -98,6 +101,8 @@ def test_every_declared_error_status_of_every_operation_is_reachable(api, monkey
             if path.startswith("/api/v1/quarantine/"):  # a decided record is decided
                 api.post(f"/api/v1/quarantine/{quarantined}/drop", headers=OPERATOR)
                 return api.request(method, url, headers=OPERATOR)
+            if path.startswith("/api/v1/workflows/"):  # 1.1.0 is stable already; there is no canary to undo
+                return api.post(url, json=body, headers=OPERATOR)
             if path == "/api/v1/runs":
                 keyed = {**OPERATOR, "Idempotency-Key": "status-409"}
                 api.post(url, json=body, headers=keyed)

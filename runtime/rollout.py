@@ -1,0 +1,176 @@
+"""Rollouts: which version of a workflow a new run takes, changed by operators and audited.
+
+Every workflow has a stable version and may have a canary that takes ``canary_percent`` of new runs.
+A run is routed by its routing key (the workflow's ``routing_key`` input field, such as a customer id,
+else the client's ``Idempotency-Key``): the key's bucket, the first 8 bytes of
+``SHA-256(workflow NUL key)`` modulo 10,000, goes to the canary when it is below ``percent × 100``. The
+same key gets the same version while the weights stay the same, and raising the percentage only moves
+keys from stable to canary, never back. A run without a key is routed at random. A run names its
+version to skip routing; every run resumes on the version it started on, whatever the rollout says.
+
+A workflow nobody rolled out yet routes everything to its lowest loaded version: a newly deployed
+version takes traffic only when an operator rolls it out or promotes it.
+
+>>> route(state, workflow="price_change", key="order-7")
+Route(version='1.2.0', canary=True, bucket=312, key='idempotency_key')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from runtime import audit
+from runtime.errors import Conflict, InputInvalid
+from runtime.models import Rollout, Run, utcnow
+from runtime.sdk import Registry, semver_key
+from runtime.states import RunStatus
+
+BUCKETS = 10_000
+IN_FLIGHT = (RunStatus.queued, RunStatus.running, RunStatus.waiting_approval)
+
+
+def bucket(workflow: str, key: str) -> int:
+    """The routing bucket of ``key`` (0 to 9,999), the same in every process and release."""
+    digest = hashlib.sha256(f"{workflow}\x00{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKETS
+
+
+@dataclass(frozen=True)
+class Route:
+    version: str
+    canary: bool
+    bucket: int | None
+    key: str
+    """What the run was routed by: ``input.<field>``, ``idempotency_key`` or ``random``."""
+
+    def audit(self, state: Rollout | None) -> dict[str, Any]:
+        return {"version": self.version, "canary": self.canary, "bucket": self.bucket, "key": self.key,
+                "rollout_revision": state.revision if state is not None else 0,
+                "canary_percent": state.canary_percent if state is not None else 0}
+
+
+def default_state(registry: Registry, workflow: str) -> Rollout:
+    """The rollout of a workflow nobody rolled out yet: its lowest loaded version, no canary."""
+    return Rollout(workflow=workflow, stable=registry.versions(workflow)[0], canary=None, canary_percent=0,
+                   revision=0, updated_by="steward", reason="no rollout yet: the lowest loaded version")
+
+
+def state_of(session: Session, registry: Registry, workflow: str, *, lock: bool = False) -> tuple[Rollout, bool]:
+    """The workflow's rollout and whether it is stored (False: :func:`default_state`)."""
+    row = session.get(Rollout, workflow, with_for_update=lock or None)
+    return (row, True) if row is not None else (default_state(registry, workflow), False)
+
+
+def route(state: Rollout, *, workflow: str, key: str | None, field: str | None = None) -> Route:
+    """The version a new run takes (see the module's description)."""
+    label = f"input.{field}" if field else "idempotency_key"
+    if not state.canary or state.canary_percent <= 0:
+        return Route(state.stable, False, None, label if key is not None else "random")
+    if key is None:
+        drawn, label = random.randrange(BUCKETS), "random"  # noqa: S311 - a traffic split, not a secret
+    else:
+        drawn = bucket(workflow, key)
+    canary = drawn < state.canary_percent * (BUCKETS // 100)
+    return Route(state.canary if canary else state.stable, canary, drawn, label)
+
+
+def routing_key(field: str | None, data: Any, idempotency_key: str | None) -> str | None:
+    """The key a run is routed by: the workflow's ``routing_key`` field of its input, when it has one
+    there (a customer keeps their version across runs), else the client's idempotency key."""
+    if field and isinstance(data, dict) and data.get(field) not in (None, ""):
+        return str(data[field])
+    return idempotency_key
+
+
+Action = Literal["rollout", "promote", "rollback"]
+
+
+def change(session: Session, registry: Registry, *, workflow: str, action: Action, actor: str, reason: str,
+           version: str | None = None, percent: int | None = None, in_flight: str = "continue") -> tuple[Rollout, list[str]]:
+    """Change a workflow's rollout, audited as ``rollout.changed`` with the state before and after.
+    Returns the new state and the versions whose in-flight runs the caller is to stop (a rollback
+    with ``in_flight="cancel"``). Locks the row (or inserts it: a concurrent first change conflicts)."""
+    registry.get(workflow)  # 404 when no version of it is loaded
+    reason = reason.strip()
+    if len(reason) < 3:
+        raise InputInvalid("say why (a reason of at least 3 characters): it goes into the audit trail",
+                           details=[{"loc": ["body", "reason"], "msg": "at least 3 characters", "type": "string_too_short"}])
+    if version is not None:
+        registry.get(workflow, version)  # 404 naming the loaded versions
+    state = _locked(session, registry, workflow, actor)
+    before = _public(state)
+    after = dict(before)
+    stopped: list[str] = []
+    if action == "rollout":
+        if version == state.stable:
+            raise Conflict(f"{version} is already {workflow}'s stable version; roll out another version, or "
+                           "promote or roll back", details={"stable": state.stable})
+        if state.canary and version != state.canary and state.canary_percent > 0:
+            raise Conflict(f"{workflow} already has a canary, {state.canary} at {state.canary_percent} %; promote it "
+                           "or roll it back first", details={"canary": state.canary})
+        after |= {"canary": version if percent else None, "canary_percent": percent or 0}
+    elif action == "promote":
+        if version == state.stable and not state.canary:
+            raise Conflict(f"{version} is already {workflow}'s stable version and there is no canary")
+        after |= {"stable": version, "canary": None, "canary_percent": 0,
+                  "previous_stable": state.stable if version != state.stable else state.previous_stable}
+    else:
+        if version is not None:
+            target = version
+        elif state.canary:
+            target = state.stable
+        elif state.previous_stable:
+            target = state.previous_stable
+        else:
+            raise Conflict(f"{workflow} has no canary and no earlier stable version to roll back to; name one "
+                           "with to_version", details={"stable": state.stable})
+        left = {v for v in (state.canary, state.stable) if v and v != target}
+        # a rollback is not undone by another: going forward again is a rollout or a promotion
+        after |= {"stable": target, "canary": None, "canary_percent": 0,
+                  "previous_stable": None if target != state.stable else state.previous_stable}
+        if in_flight == "cancel":
+            stopped = sorted(left, key=semver_key)
+    if after == before:
+        raise Conflict(f"{workflow}'s rollout is already so; nothing changed", details=before)
+    state.stable, state.canary, state.canary_percent = after["stable"], after["canary"], after["canary_percent"]
+    state.previous_stable = after["previous_stable"]
+    state.revision, state.updated_by, state.reason, state.updated_at = state.revision + 1, actor, reason, utcnow()
+    session.flush()
+    audit.append(session, kind="rollout.changed", actor=actor, data={
+        "workflow": workflow, "action": action, "reason": reason, "before": before, "after": _public(state),
+        "in_flight": in_flight, "stopping": stopped})
+    return state, stopped
+
+
+def _locked(session: Session, registry: Registry, workflow: str, actor: str) -> Rollout:
+    """The workflow's rollout row, locked; a workflow nobody rolled out gets its default state stored
+    first (revision 0; concurrent first changes insert it once and queue on its lock)."""
+    row = session.get(Rollout, workflow, with_for_update=True)
+    if row is not None:
+        return row
+    default = default_state(registry, workflow)
+    try:
+        with session.begin_nested():
+            session.add(Rollout(workflow=workflow, stable=default.stable, revision=0, updated_by=actor,
+                                reason=default.reason))
+    except IntegrityError:  # another first change stored it meanwhile
+        pass
+    return session.get(Rollout, workflow, with_for_update=True, populate_existing=True)
+
+
+def _public(state: Rollout) -> dict[str, Any]:
+    return {"stable": state.stable, "canary": state.canary, "canary_percent": state.canary_percent,
+            "previous_stable": state.previous_stable, "revision": state.revision}
+
+
+def in_flight_runs(session: Session, *, workflow: str, versions: list[str]) -> list[str]:
+    """The ids of the runs of ``versions`` that have not ended (what a rollback may cancel)."""
+    return list(session.scalars(select(Run.id).where(Run.workflow == workflow, Run.version.in_(versions),
+                                                     Run.status.in_(IN_FLIGHT))).all())
