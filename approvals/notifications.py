@@ -67,6 +67,17 @@ def enqueue(session: Session, *, kind: str, approval: ApprovalRequest, recipient
                                  created_at=now, next_attempt_at=now, payload=payload))
 
 
+def enqueue_message(session: Session, *, kind: str, recipients: list[str], data: dict[str, Any], now: datetime,
+                    channels: tuple[str, ...]) -> None:
+    """An outbox row per channel for a notification about something else than a request (an automatic
+    rollback: ``data`` has ``workflow`` and ``reason``)."""
+    for channel in channels:
+        if channel == "email" and not recipients:
+            continue
+        session.add(Notification(kind=kind, channel=channel, recipients=recipients, created_at=now,
+                                 next_attempt_at=now, payload=data))
+
+
 def signature(secret: str, body: bytes, timestamp: int) -> str:
     """The ``Steward-Signature`` header's value for ``body`` sent at ``timestamp``."""
     digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
@@ -134,6 +145,7 @@ SUBJECTS = {
     "approval.reminded": "Reminder: {action} waits for your approval ({workflow})",
     "approval.escalated": "Overdue: {action} in {workflow} was not decided in time",
     "approval.expired": "Expired and rejected: {action} in {workflow}",
+    "rollout.rolled_back": "Rolled back: {workflow} {canary} ({guard})",
 }
 
 
@@ -144,10 +156,15 @@ def message(config: Any, note: Notification) -> EmailMessage:
     mail["From"] = config.notify_smtp_from
     mail["To"] = ", ".join(note.recipients)
     mail["Subject"] = SUBJECTS.get(note.kind, "{action} in {workflow}").format(
-        action=data.get("action", "?"), workflow=data.get("workflow", "?"))
+        action=data.get("action", "?"), workflow=data.get("workflow", "?"), canary=data.get("canary", "?"),
+        guard=data.get("guard", "?"))
     mail["Message-ID"] = f"<{note.id}@steward.notifications>"
     mail["Date"] = format_datetime(note.created_at)
     link = config.public_url.rstrip("/") + data.get("inbox_path", "/inbox")
+    if note.kind.startswith("rollout."):
+        mail.set_content(f"{data.get('reason')}\n\nEvery new run of {data.get('workflow')} now takes "
+                         f"{data.get('stable')}; runs already started finish on their version.\n")
+        return mail
     lines = [
         f"{data.get('action')} in workflow {data.get('workflow')} {data.get('version')} (run {data.get('run_id')}), "
         f"started by {data.get('requested_by')}.",

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import String, cast, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from approvals import users
+from approvals import notifications, users
 from approvals.models import DEFAULT_SLA, ApprovalRequest, ApprovalStatus
 from runtime.approval import ApprovalDecision, ApprovalNeed
 from runtime.db import json_rows
@@ -143,15 +143,24 @@ class SqlApprovals:
         """Approval rows that differ from the audit events they project (see :func:`disagreements`)."""
         return disagreements(session)
 
-    def decision_counts(self, session: Session, *, workflow: str) -> dict[str, tuple[int, int]]:
-        rows = session.execute(select(ApprovalRequest.version, ApprovalRequest.status, func.count())
-                               .where(ApprovalRequest.workflow == workflow, ApprovalRequest.status.in_(DECIDED))
-                               .group_by(ApprovalRequest.version, ApprovalRequest.status)).all()
+    def decision_counts(self, session: Session, *, workflow: str,
+                        since: datetime | None = None) -> dict[str, tuple[int, int]]:
+        query = (select(ApprovalRequest.version, ApprovalRequest.status, func.count())
+                 .where(ApprovalRequest.workflow == workflow, ApprovalRequest.status.in_(DECIDED))
+                 .group_by(ApprovalRequest.version, ApprovalRequest.status))
+        if since is not None:
+            query = query.where(ApprovalRequest.created_at >= since)
+        rows = session.execute(query).all()
         counts: dict[str, tuple[int, int]] = {}
         for version, status, count in rows:
             decided, rejected = counts.get(version, (0, 0))
             counts[version] = (decided + count, rejected + (count if status == ApprovalStatus.rejected else 0))
         return counts
+
+    def notify(self, session: Session, *, kind: str, recipients: Sequence[str], data: dict[str, Any],
+               channels: Sequence[str]) -> None:
+        notifications.enqueue_message(session, kind=kind, recipients=list(recipients), data=data,
+                                      channels=tuple(channels), now=utcnow())
 
     def disabled(self, session: Session, *, user: str) -> bool:
         return users.is_disabled(session=session, name=user)

@@ -117,9 +117,16 @@ class ApprovalPort(Protocol):
         audit events it is a projection of (its decision, decider, approvers or arguments)."""
         ...
 
-    def decision_counts(self, session: Session, *, workflow: str) -> dict[str, tuple[int, int]]:
-        """For each version of ``workflow``: how many of its requests were decided, and how many of
-        those were rejected (expiry included)."""
+    def decision_counts(self, session: Session, *, workflow: str,
+                        since: datetime | None = None) -> dict[str, tuple[int, int]]:
+        """For each version of ``workflow``: how many of its requests (opened since ``since``) were
+        decided, and how many of those were rejected (expiry included)."""
+        ...
+
+    def notify(self, session: Session, *, kind: str, recipients: Sequence[str], data: dict[str, Any],
+               channels: Sequence[str]) -> None:
+        """Tell people about something the engine did (an automatic rollback), through the human layer's
+        channels (the webhook, email), in the caller's transaction."""
         ...
 
     def disabled(self, session: Session, *, user: str) -> bool:

@@ -144,6 +144,7 @@ class Rollout(SQLModel, table=True):
     canary: str | None = Field(default=None, max_length=50)
     canary_percent: int = Field(default=0, ge=0, le=100)
     previous_stable: str | None = Field(default=None, max_length=50, description="What a rollback returns to")
+    canary_since: datetime | None = _ts_opt(description="When the canary began taking traffic (guards measure from it)")
     revision: int = Field(default=1, description="Counts the changes; the routing is the same while it is")
     updated_by: str = Field(max_length=200)
     reason: str = Field(max_length=1000)

@@ -20,13 +20,14 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from runtime import audit
+from runtime import audit, guards
 from runtime.errors import Conflict, InputInvalid
 from runtime.models import Rollout, Run, utcnow
 from runtime.sdk import Registry, semver_key
@@ -141,6 +142,10 @@ def change(session: Session, registry: Registry, *, workflow: str, action: Actio
         raise Conflict(f"{workflow}'s rollout is already so; nothing changed", details=before)
     state.stable, state.canary, state.canary_percent = after["stable"], after["canary"], after["canary_percent"]
     state.previous_stable = after["previous_stable"]
+    if state.canary is None:
+        state.canary_since = None
+    elif before["canary"] != state.canary or not before["canary_percent"]:
+        state.canary_since = utcnow()  # a ramp keeps measuring from where the canary began
     state.revision, state.updated_by, state.reason, state.updated_at = state.revision + 1, actor, reason, utcnow()
     session.flush()
     audit.append(session, kind="rollout.changed", actor=actor, data={
@@ -174,3 +179,46 @@ def in_flight_runs(session: Session, *, workflow: str, versions: list[str]) -> l
     """The ids of the runs of ``versions`` that have not ended (what a rollback may cancel)."""
     return list(session.scalars(select(Run.id).where(Run.workflow == workflow, Run.version.in_(versions),
                                                      Run.status.in_(IN_FLIGHT))).all())
+
+
+GUARD = "steward:guard"
+
+
+async def guard(steward: Any, now: datetime) -> dict[str, int]:
+    """The executor's sweep: for each canary taking traffic, check its workflow's guards over the runs
+    started since it did; the first one breached rolls it back (see :mod:`runtime.guards`). Each
+    rollback happens once however many workers sweep: it is conditional on the rollout's revision."""
+    live = await steward.db.run(lambda s: [(r.workflow, r.revision) for r in s.scalars(
+        select(Rollout).where(Rollout.canary.is_not(None), Rollout.canary_percent > 0)).all()], read_only=True)
+    fired = 0
+    for workflow, revision in live:
+        fired += await steward.db.run(lambda s, w=workflow, r=revision: _guarded(s, steward, w, r, now))
+    return {"rolled_back": fired}
+
+
+def _guarded(session: Session, steward: Any, workflow: str, revision: int, now: datetime) -> int:
+    registry, approvals = steward.registry, steward.executor.approvals
+    state = session.get(Rollout, workflow, with_for_update=True)
+    if state is None or state.revision != revision or not state.canary or state.canary not in registry.versions(workflow):
+        return 0  # changed meanwhile, or a canary this process does not load (its guards are not known here)
+    since = state.canary_since or state.updated_at
+    wf = registry.get(workflow, state.canary)
+    for rule in wf.rollout_guards:
+        breach = rule.check(session, workflow=workflow, stable=state.stable, canary=state.canary, since=since,
+                            approvals=approvals)
+        if breach is None:
+            continue
+        canary, stable = state.canary, state.stable
+        audit.append(session, kind="rollout.guard_breached", actor=GUARD, data={
+            "workflow": workflow, "canary": canary, "stable": stable, "since": since.isoformat(),
+            "measured_at": now.isoformat(), "reason": breach.reason, "values": breach.values, **guards.describe(rule)})
+        change(session, registry, workflow=workflow, action="rollback", actor=GUARD,
+               reason=f"guard {breach.guard}: {breach.reason}")
+        channels = steward.settings.notify_channels()
+        if channels:
+            approvals.notify(session, kind="rollout.rolled_back", channels=channels,
+                             recipients=[e for e in (wf.owner.email, wf.owner.backup) if e], data={
+                                 "workflow": workflow, "canary": canary, "stable": stable, "guard": breach.guard,
+                                 "reason": breach.reason, "values": breach.values})
+        return 1
+    return 0

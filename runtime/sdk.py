@@ -43,6 +43,7 @@ from langgraph.graph import StateGraph
 from pydantic import BaseModel, EmailStr, TypeAdapter, ValidationError
 
 from runtime.errors import InputInvalid, WorkflowDefinitionError, WorkflowNotFound
+from runtime.guards import DEFAULT_GUARDS, ConnectorErrors, FailureRate, Guard, RejectionRate
 from runtime.quality import RecordChecks, checks_by_kind
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
@@ -86,6 +87,8 @@ class Workflow:
     models: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """Default chat models by name (a ``BaseChatModel`` or a function returning one); a process may
     configure another under the same name (``STEWARD_MODELS``), see :meth:`StepContext.model`."""
+    rollout_guards: Sequence[Guard] = DEFAULT_GUARDS
+    """What rolls a canary of this workflow back by itself (see ``runtime.guards``); empty: nothing."""
     routing_key: str | None = None
     """A top-level field of the input that new runs are routed by during a rollout (a customer id:
     the customer keeps their version); None: the client's Idempotency-Key (see ``runtime.rollout``)."""
@@ -127,6 +130,8 @@ class Workflow:
             problems += [f"model {name!r}: give a lower_snake_case name and a chat model or a function returning one"
                          for name, model in self.models.items()
                          if not (isinstance(name, str) and NAME.match(name) and callable_or_model(model))]
+        problems += [f"rollout guard {g!r} is not a FailureRate, RejectionRate or ConnectorErrors"
+                     for g in self.rollout_guards if not isinstance(g, (FailureRate, RejectionRate, ConnectorErrors))]
         if self.routing_key is not None and not (isinstance(self.routing_key, str) and self.routing_key in getattr(
                 self.input_model, "model_fields", {})):
             problems.append(f"routing_key {self.routing_key!r} must name a field of the input model")

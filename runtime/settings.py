@@ -49,9 +49,9 @@ class Settings(BaseSettings):
         "more answer 429 with Retry-After"))
     sign_in_window_minutes: float = Field(15.0, gt=0)
 
-    sweeps: list[str] = Field(default_factory=lambda: ["approvals.sla:sweep"], description=(
-        "module:attr naming async functions (steward, now) the executor calls every sweep_seconds: the "
-        "approvals' reminders, escalations, expiries and notifications"))
+    sweeps: list[str] = Field(default_factory=lambda: ["runtime.rollout:guard", "approvals.sla:sweep"], description=(
+        "module:attr naming async functions (steward, now) the executor calls every sweep_seconds: rollout "
+        "guards (automatic rollback), the approvals' reminders, escalations, expiries and notifications"))
     sweep_seconds: float = Field(30.0, gt=0, description="How often executors run the sweeps")
     notify_webhook_url: str = Field("", description=(
         "Where notifications (approval reminders, escalations, expiries) are POSTed as JSON, signed with "

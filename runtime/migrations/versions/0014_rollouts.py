@@ -21,6 +21,7 @@ def upgrade() -> None:
     sa.Column('canary', sqlmodel.sql.sqltypes.AutoString(length=50), nullable=True),
     sa.Column('canary_percent', sa.Integer(), nullable=False),
     sa.Column('previous_stable', sqlmodel.sql.sqltypes.AutoString(length=50), nullable=True),
+    sa.Column('canary_since', sa.DateTime(), nullable=True),
     sa.Column('revision', sa.Integer(), nullable=False),
     sa.Column('updated_by', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
     sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(length=1000), nullable=False),
