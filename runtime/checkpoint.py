@@ -159,7 +159,8 @@ class _FencedPostgres(_Fenced):
     """``AsyncPostgresSaver``'s two writes, each one transaction on a pooled connection that first reads
     the run's row (and holds it) to check the execution still owns the run; everything else as
     LangGraph does it. Connections come from a pool, so the saver's one lock (there for a single
-    connection) is not taken: runs write their checkpoints side by side."""
+    connection) is not taken: runs write their checkpoints side by side. Each write is two round trips
+    (the check, then the rows with the COMMIT) in psycopg's pipeline mode."""
 
     async def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
         token = _writing.set((config, "checkpoint"))
@@ -177,6 +178,7 @@ class _FencedPostgres(_Fenced):
 
     @asynccontextmanager
     async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[Any]:
+        from psycopg.pq import TransactionStatus
         from psycopg.rows import dict_row
 
         writing = _writing.get()
@@ -188,12 +190,20 @@ class _FencedPostgres(_Fenced):
                     yield await stack.enter_async_context(conn.cursor(binary=True, row_factory=dict_row))
                 return
             config, what = writing
-            async with conn.transaction(), conn.cursor(binary=True, row_factory=dict_row) as cur:
-                await self._steward_own(cur, config, what)
-                async with contextlib.AsyncExitStack() as stack:
-                    if pipeline:
-                        await stack.enter_async_context(conn.pipeline())
+            # Two round trips in one pipeline: BEGIN and the ownership read, answered before anything is
+            # written; then LangGraph's statements and the COMMIT. (psycopg's transaction() would add a
+            # sync of its own at BEGIN and at COMMIT, so the transaction is begun and ended here.)
+            try:
+                async with conn.pipeline(), conn.cursor(binary=True, row_factory=dict_row) as cur:
+                    await cur.execute("BEGIN", prepare=False)
+                    await self._steward_own(cur, config, what)
                     yield cur
+                    await cur.execute("COMMIT", prepare=False)
+            except BaseException:
+                if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                    with contextlib.suppress(Exception):  # a broken connection is dropped by the pool instead
+                        await conn.rollback()  # refused, failed or cut short: nothing of it lands
+                raise
 
     async def _steward_own(self, cursor: Any, config: Any, what: str) -> None:
         configurable = config.get("configurable", {})
