@@ -39,11 +39,32 @@ _FENCE = ("UPDATE runs SET lease_expires_at = ? WHERE id = ? AND executions = ? 
           " AND status = 'running' RETURNING cancel_requested")
 # The same test without a write, for LangGraph's writes (which go through its own connection).
 _OWNED = "SELECT cancel_requested FROM runs WHERE id = ? AND executions = ? AND worker_id = ? AND status = 'running'"
-# A task run again (after a resume) starts its step over.
-_START_STEP = ("INSERT INTO run_steps (run_id, task_id, node, status, started_at) VALUES (?, ?, ?, 'running', ?)"
-               " ON CONFLICT (run_id, task_id) DO UPDATE SET node = excluded.node, status = 'running',"
-               " started_at = excluded.started_at, finished_at = NULL, error = NULL")
+# A step as it stands at the end of the transaction: begun (and perhaps ended) in it. A task run again
+# (after a resume) starts its step over.
+_WRITE_STEP = ("INSERT INTO run_steps (run_id, task_id, node, status, started_at, finished_at, error)"
+               " VALUES (?, ?, ?, ?, ?, ?, {json}) ON CONFLICT (run_id, task_id) DO UPDATE SET node = excluded.node,"
+               " status = excluded.status, started_at = excluded.started_at, finished_at = excluded.finished_at,"
+               " error = excluded.error")
+# A step that began in an earlier transaction (or execution) ends.
 _FINISH_STEP = "UPDATE run_steps SET status = ?, finished_at = ?, error = {json} WHERE run_id = ? AND task_id = ?"
+
+
+class PendingStep(NamedTuple):
+    """A step's row as the next transaction leaves it; ``started_at`` None: it began in an earlier one."""
+
+    node: str
+    status: str
+    started_at: Any
+    finished_at: Any
+    error: str | None
+
+
+def _then(earlier: PendingStep | None, later: PendingStep) -> PendingStep:
+    """One pending write for a step from two in order: an end after a start still pending is the
+    start's row, ended."""
+    if earlier is not None and earlier.started_at is not None and later.started_at is None:
+        return later._replace(started_at=earlier.started_at)
+    return later
 
 
 class Recorded(NamedTuple):
@@ -73,6 +94,7 @@ class Journal:
         self._raw = db.raw
         self._open = dict(open_steps)  # task id -> node: began in an earlier execution, end never written
         self._ops: list[CursorOp] = []
+        self._steps: dict[str, PendingStep] = {}  # task id -> its row as the next transaction writes it
         self._events: list[dict[str, Any]] = []
         self._started: set[str] = set()
         self.ended: ExecutionFenced | None = None  # set by end(): nothing of the execution may be written any more
@@ -95,9 +117,7 @@ class Journal:
         if task_id in self._started:
             return
         self._started.add(task_id)
-        raw, now = self._raw, utcnow()
-        params = (self.run.id, task_id, node, raw.time(now))
-        self._ops.append(lambda cursor: cursor.execute(raw.sql(_START_STEP), params))
+        self._steps[task_id] = PendingStep(node, StepStatus.running.value, self._raw.time(utcnow()), None, None)
         # Every span of a run shares the run's trace, so its id needs no span to look at.
         self.defer(self.event("step.started", {"node": node, "task_id": task_id}, trace_id=self.run.trace_id,
                               trusted=True))
@@ -108,8 +128,8 @@ class Journal:
         self._started.discard(task_id)
         self._open.pop(task_id, None)
         raw = self._raw
-        params = (status.value, raw.time(utcnow()), raw.json(error), self.run.id, task_id)
-        self._ops.append(lambda cursor: cursor.execute(raw.sql(_FINISH_STEP), params))
+        self._steps[task_id] = _then(self._steps.get(task_id),
+                                     PendingStep(node, status.value, None, raw.time(utcnow()), raw.json(error)))
         data = {"node": node, "task_id": task_id, "status": status.value, "error": error}
         if recovered:
             data["recovered"] = True
@@ -176,12 +196,14 @@ class Journal:
         """Write everything pending plus ``ops`` and ``events`` in one transaction; then remember the
         recorded calls in ``remember`` (by idempotency key) for replays within this execution."""
         remember = remember or {}
-        pending_ops, pending_events = self._take()
+        steps, pending_ops, pending_events = self._take()
         ops, events = [*pending_ops, *ops], [*pending_events, *events]
         try:
-            await self.db.run_cursor(lambda cursor: self._write(cursor, ops, events))
+            await self.db.run_cursor(lambda cursor: self._write(cursor, steps, ops, events))
         except BaseException:
             self._ops[:0], self._events[:0] = pending_ops, pending_events
+            self._steps = {**steps, **{task_id: _then(steps.get(task_id), later)
+                                       for task_id, later in self._steps.items()}}
             raise
         for key, recorded in remember.items():
             self.recorded[key] = recorded
@@ -191,7 +213,7 @@ class Journal:
         after a lost race, so nothing is taken or added here); ``fence=False`` when the caller has already
         called :meth:`fence` in it."""
         session.flush()
-        self._write(raw_cursor(session), list(self._ops), [*self._events, *events], fence=fence)
+        self._write(raw_cursor(session), dict(self._steps), list(self._ops), [*self._events, *events], fence=fence)
 
     def fence(self, cursor: Any) -> None:
         """Lock the run's row, extend the lease and check this execution still owns the run
@@ -215,14 +237,23 @@ class Journal:
         if row[0] and self.stopping is None:  # the transaction still commits; the next call is refused
             self.stop(RunCancelled(f"run {self.run.id} was cancelled"))
 
-    def _write(self, cursor: Any, ops: list[CursorOp], events: list[dict[str, Any]], *, fence: bool = True) -> None:
+    def _write(self, cursor: Any, steps: dict[str, PendingStep], ops: list[CursorOp], events: list[dict[str, Any]],
+               *, fence: bool = True) -> None:
         if fence:
             self.fence(cursor)
+        raw, run_id = self._raw, self.run.id
+        begun = [(run_id, task_id, *step) for task_id, step in steps.items() if step.started_at is not None]
+        ended = [(step.status, step.finished_at, step.error, run_id, task_id)
+                 for task_id, step in steps.items() if step.started_at is None]
+        if begun:  # one statement per kind, however many steps: one round trip each on PostgreSQL
+            cursor.executemany(raw.sql(_WRITE_STEP), begun)
+        if ended:
+            cursor.executemany(raw.sql(_FINISH_STEP), ended)
         for op in ops:
             op(cursor)
         audit.write_events(cursor, self._raw, events)
 
-    def _take(self) -> tuple[list[CursorOp], list[dict[str, Any]]]:
-        ops, events = self._ops, self._events
-        self._ops, self._events = [], []
-        return ops, events
+    def _take(self) -> tuple[dict[str, PendingStep], list[CursorOp], list[dict[str, Any]]]:
+        steps, ops, events = self._steps, self._ops, self._events
+        self._steps, self._ops, self._events = {}, [], []
+        return steps, ops, events
