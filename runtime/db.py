@@ -420,7 +420,10 @@ class Database:
 
     def _read_cursor_attempt(self, fn: Callable[[Any], T]) -> T:
         connection = self._read_bind.raw_connection()
+        driver = connection.driver_connection
         try:
+            if not self.is_sqlite:  # each statement its own snapshot, as on SQLite's readers: no BEGIN, no ROLLBACK
+                driver.autocommit = True
             result = fn(connection.cursor())
             connection.rollback()
             return result
@@ -431,11 +434,15 @@ class Database:
                 connection.invalidate()  # type: ignore[attr-defined]
             raise
         finally:
+            if not self.is_sqlite and not driver.closed:
+                driver.autocommit = False  # back to the pool as the engine hands connections out
             connection.close()
 
     async def read_cursor(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(cursor)``, a short read, with the driver's cursor on a reader (beside the writer on
-        SQLite): the cheapest way to read a row or two on the per-step path."""
+        SQLite): the cheapest way to read a row or two on the per-step path. Each statement reads its own
+        snapshot (autocommit: one round trip on PostgreSQL); a read that needs one snapshot for several
+        statements uses :meth:`run` with ``read_only=True``."""
         return await self._dispatch(self._readers, lambda f: self._retrying(lambda: self._read_cursor_attempt(f)), fn)
 
     async def run_cursor(self, fn: Callable[[Any], T], *, synced: bool = False) -> T:
