@@ -72,7 +72,8 @@ def test_a_graph_that_does_not_compile_fails_the_registry_not_a_run() -> None:
 
 def test_registry_lookup_names_the_known_workflows() -> None:
     registry = Registry(WORKFLOWS)
-    assert registry.get("price_change").version == "1.1.0"
+    assert registry.get("price_change").version == "1.2.0"  # the highest loaded (the rollout picks what runs take)
+    assert registry.versions("price_change") == ["1.1.0", "1.2.0"]
     with pytest.raises(WorkflowNotFound, match="known: lead_routing, price_change"):
         registry.get("nope")
 

@@ -342,7 +342,7 @@ def test_the_api_pins_a_named_version_and_refuses_unknown_or_malformed_ones(clie
     unknown = post(version="9.9.9")
     assert unknown.status_code == 404
     assert unknown.json()["code"] == "workflow_not_found"
-    assert unknown.json()["detail"] == "workflow 'price_change' has no version '9.9.9'; loaded: 1.1.0"
+    assert unknown.json()["detail"] == "workflow 'price_change' has no version '9.9.9'; loaded: 1.1.0, 1.2.0"
     malformed = post(version="latest")
     assert malformed.status_code == 422
     assert [d["loc"] for d in malformed.json()["errors"]] == [["body", "version"]]
