@@ -62,12 +62,9 @@ async def measure(url: str, keys: int, submits: int) -> dict[str, dict[str, floa
                                               actor="bench", reason="a 30 % canary")
         registry = steward.registry
 
-        def decide(session, key: str) -> str:
-            chosen, _ = rollout.state_of(session, registry, "price_change")
-            stable = registry.get("price_change", chosen.stable)
-            route = rollout.route(chosen, workflow="price_change",
-                                  key=rollout.routing_key(stable.routing_key, INPUT, key), field=stable.routing_key)
-            registry.get("price_change", route.version).validate_input(INPUT)
+        def decide(session, key: str) -> str:  # what Executor.submit does in its transaction
+            wf, route, _ = rollout.choose(session, registry, "price_change", INPUT, key)
+            wf.validate_input(INPUT)
             return route.version
 
         in_tx = []

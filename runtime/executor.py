@@ -195,18 +195,12 @@ class Executor:
 
             def create(session: Session) -> Run:
                 created.clear()
-                wf, checked, route = named, data, None
-                if version is None:  # routed in the transaction that creates the run: one rollout state
-                    state, _ = rollout.state_of(session, self.registry, workflow)
-                    stable = self.registry.get(workflow, state.stable)
-                    key = rollout.routing_key(stable.routing_key, input, idempotency_key)
-                    route = rollout.route(state, workflow=workflow, key=key, field=stable.routing_key)
-                    wf = self.registry.get(workflow, route.version)
-                    checked = wf.validate_input(input)
-                    route_data = route.audit(state)
+                wf, checked, routed = named, data, None
+                if version is None:
+                    wf, route, state = rollout.choose(session, self.registry, workflow, input, idempotency_key)
+                    checked, routed = wf.validate_input(input), route.audit(state)
                 return self.create_run(session, wf=wf, data=checked, actor=actor, idempotency_key=idempotency_key,
-                                       version=version, created=created,
-                                       route=route_data if route is not None else None)
+                                       version=version, created=created, route=routed)
 
             run = await self.db.run(create)
         self._wake.set()

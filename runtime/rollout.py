@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from runtime import audit, guards
 from runtime.errors import Conflict, InputInvalid
 from runtime.models import Rollout, Run, utcnow
-from runtime.sdk import Registry, semver_key
+from runtime.sdk import Registry, Workflow, semver_key
 from runtime.states import RunStatus
 
 BUCKETS = 10_000
@@ -63,10 +63,21 @@ def default_state(registry: Registry, workflow: str) -> Rollout:
                    revision=0, updated_by="steward", reason="no rollout yet: the lowest loaded version")
 
 
-def state_of(session: Session, registry: Registry, workflow: str, *, lock: bool = False) -> tuple[Rollout, bool]:
-    """The workflow's rollout and whether it is stored (False: :func:`default_state`)."""
-    row = session.get(Rollout, workflow, with_for_update=lock or None)
-    return (row, True) if row is not None else (default_state(registry, workflow), False)
+def state_of(session: Session, registry: Registry, workflow: str) -> Rollout:
+    """The workflow's rollout: as stored, else :func:`default_state`."""
+    return session.get(Rollout, workflow) or default_state(registry, workflow)
+
+
+def choose(session: Session, registry: Registry, workflow: str, data: Any,
+           idempotency_key: str | None) -> tuple[Workflow, Route, Rollout]:
+    """A new run's version, in the transaction that creates it (one rollout state): the workflow as
+    routed by the stable version's ``routing_key`` field of ``data``, else by the idempotency key."""
+    state = state_of(session, registry, workflow)
+    field = registry.get(workflow, state.stable).routing_key
+    from_field = routing_key(field, data)
+    key = from_field if from_field is not None else idempotency_key
+    chosen = route(state, workflow=workflow, key=key, field=field if from_field is not None else None)
+    return registry.get(workflow, chosen.version), chosen, state
 
 
 def route(state: Rollout, *, workflow: str, key: str | None, field: str | None = None) -> Route:
@@ -82,12 +93,12 @@ def route(state: Rollout, *, workflow: str, key: str | None, field: str | None =
     return Route(state.canary if canary else state.stable, canary, drawn, label)
 
 
-def routing_key(field: str | None, data: Any, idempotency_key: str | None) -> str | None:
-    """The key a run is routed by: the workflow's ``routing_key`` field of its input, when it has one
-    there (a customer keeps their version across runs), else the client's idempotency key."""
+def routing_key(field: str | None, data: Any) -> str | None:
+    """The input's value of the workflow's ``routing_key`` field, when it has one (a customer keeps their
+    version across runs); None: route by the idempotency key instead."""
     if field and isinstance(data, dict) and data.get(field) not in (None, ""):
         return str(data[field])
-    return idempotency_key
+    return None
 
 
 Action = Literal["rollout", "promote", "rollback"]

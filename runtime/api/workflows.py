@@ -82,7 +82,7 @@ async def list_workflows(steward: StewardDep, _: WorkflowsRead) -> list[Workflow
     names = list(dict.fromkeys(name for name, _ in registry.keys()))
 
     def read(session: Session) -> list[WorkflowPublic]:
-        return [describe(steward, name, rollout.state_of(session, registry, name)[0]) for name in names]
+        return [describe(steward, name, rollout.state_of(session, registry, name)) for name in names]
 
     return await steward.db.run(read, read_only=True)
 
@@ -98,7 +98,7 @@ async def get_workflow(name: str, steward: StewardDep, _: WorkflowsRead) -> Work
 
 async def _read(steward: Any, name: str) -> WorkflowPublic:
     def read(session: Session) -> WorkflowPublic:
-        state, _ = rollout.state_of(session, steward.registry, name)
+        state = rollout.state_of(session, steward.registry, name)
         return describe(steward, name, state, health_of(session, steward, name))
 
     return await steward.db.run(read, read_only=True)
