@@ -10,7 +10,6 @@ import functools
 import inspect
 import math
 import typing
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,6 +28,7 @@ from runtime import audit
 from runtime import store as runtime_store
 from runtime.errors import (Conflict, EditDenied, Forbidden, InputInvalid, PolicyContextInvalid,
                             SeparationOfDuties)
+from runtime.connectors.base import find_action
 from runtime.facts import Facts
 from runtime.policy import PolicyDecision, PolicyRequest
 from runtime.models import RunStatus, utcnow
@@ -288,9 +288,7 @@ async def check_edit(steward: Any, *, approval_id: str, arguments: dict[str, Any
     approval, run = await steward.db.run(read, read_only=True)
     if approval.status != ApprovalStatus.pending:
         raise Conflict(f"approval {approval_id} is already {approval.status.value}; it can no longer be edited")
-    connector_name, _, method = approval.action.partition(".")
-    connector = steward.executor.connectors.get(connector_name)
-    spec = type(connector).actions().get(method) if connector is not None else None
+    connector, spec = find_action(steward.executor.connectors, approval.action)
     if spec is None or not approval.editable:
         raise InputInvalid(f"the arguments of request {approval_id} ({approval.action}) cannot be edited: only a "
                            "connector call whose action names editable arguments can; approve it as it is or "
@@ -300,7 +298,7 @@ async def check_edit(steward: Any, *, approval_id: str, arguments: dict[str, Any
         raise InputInvalid(f"approval {approval_id} shows its arguments redacted (they hold secrets), so they "
                            "cannot be edited; approve or reject them as they are", details=[
                                {"loc": ["body", "arguments"], "msg": "redacted arguments", "type": "value_error"}])
-    edited = _validated(connector, method, arguments)
+    edited = _validated(connector, spec.method, arguments)
     fixed = sorted(k for k in {*edited, *approval.arguments}
                    if k not in approval.editable and edited.get(k) != approval.arguments.get(k))
     if fixed:
@@ -320,15 +318,8 @@ async def check_edit(steward: Any, *, approval_id: str, arguments: dict[str, Any
     arguments_hash = audit.digest({"action": approval.action, "arguments": edited})
     if arguments_hash == approval.arguments_hash:
         return None
-    db = steward.db
-
-    async def look(key: str, counter: str, window_start: Any) -> int:
-        return await db.run(lambda s: runtime_store.peek_slot(session=s, key=key, counter=counter,
-                                                              window_start=window_start), read_only=True)
-
-    facts = Facts(run_id=run.id, workflow=run.workflow, version=run.version, connector=connector,
-                  action=approval.action, idempotency_key=f"edit-{uuid.uuid4().hex}", compensating=False,
-                  clock=steward.executor.clock, recorded={}, take_slot=look)
+    facts = Facts.hypothetical(db=steward.db, run_id=run.id, workflow=run.workflow, version=run.version,
+                               connector=connector, action=approval.action, clock=steward.executor.clock)
     try:
         context = await spec.context(facts, edited) if spec.context is not None else {}
         policies = await steward.executor.policies.get(run.policy_hash)

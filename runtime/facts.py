@@ -13,6 +13,7 @@ taken as such a fact.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,19 @@ class Facts:
         return cls(run_id=run.id, workflow=run.workflow, version=run.version, connector=connector, action=action,
                    idempotency_key=idempotency_key, compensating=compensating, clock=clock,
                    recorded=journal.recorded, take_slot=take)
+
+    @classmethod
+    def hypothetical(cls, *, db: Any, run_id: str, workflow: str, version: str, connector: Connector | None,
+                     action: str, clock: Callable[[], datetime]) -> Facts:
+        """The facts of a call nobody makes (``POST /policy/evaluate``, an approver's edit): the
+        connector's reads as they are now, no recorded calls, counters only looked at."""
+        async def look(key: str, counter: str, window_start: datetime) -> int:
+            return await db.run(lambda session: store.peek_slot(session=session, key=key, counter=counter,
+                                                                window_start=window_start), read_only=True)
+
+        return cls(run_id=run_id, workflow=workflow, version=version, connector=connector, action=action,
+                   idempotency_key=f"hypothetical-{uuid.uuid4().hex}", compensating=False, clock=clock,
+                   recorded={}, take_slot=look)
 
     def now(self) -> datetime:
         return self._clock()

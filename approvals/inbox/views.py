@@ -19,6 +19,7 @@ from runtime import audit
 from runtime import store as runtime_store
 from approvals.schemas import ApprovalPage, ApprovalPublic
 from runtime.api.paging import Pages
+from runtime.connectors.base import find_action
 from runtime.errors import InputInvalid
 from runtime.models import utcnow
 from runtime.policy import ROLE
@@ -151,9 +152,7 @@ async def current_values(steward: Any, approval: ApprovalRequest) -> tuple[list[
     """The request's arguments against the record as it is now, read live through the connector's own
     read (the action's ``current``); a write with no such read shows its arguments as new values."""
     after = _flat(approval.arguments)
-    connector_name, _, method = approval.action.partition(".")
-    connector = steward.executor.connectors.get(connector_name)
-    spec = type(connector).actions().get(method) if connector is not None else None
+    connector, spec = find_action(steward.executor.connectors, approval.action)
     if spec is None or spec.current is None:
         note = "" if connector is not None else "not a connector action: the values it proposes"
         return [DiffRow(k, None, v) for k, v in after.items()], note
@@ -166,7 +165,7 @@ async def current_values(steward: Any, approval: ApprovalRequest) -> tuple[list[
     before = _flat(record) if isinstance(record, dict) else {}
     # An argument the record does not hold names the record (a deal's id): it stays as it is.
     return ([DiffRow(k, before[k] if k in before else v, v) for k, v in after.items()],
-            f"current values read live from {connector_name}")
+            f"current values read live from {connector.name}")
 
 
 @dataclass(frozen=True)

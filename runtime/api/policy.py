@@ -7,15 +7,14 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime import store
 from runtime.api.deps import PolicyRead, StewardDep
 from runtime.api.problems import errors
+from runtime.connectors.base import find_action
 from runtime.errors import InputInvalid, PolicyContextInvalid
 from runtime.facts import Facts
 from runtime.models import utcnow
@@ -67,23 +66,14 @@ async def evaluate(body: PolicyEvaluate, steward: StewardDep, _: PolicyRead) -> 
     if (body.arguments is None) == (body.context is None):
         raise InputInvalid("give the call's arguments or a context, not both and not neither", details=[
             {"loc": ["body", "arguments"], "msg": "arguments or context", "type": "value_error"}])
-    connector_name, _, method = body.action.partition(".")
-    connector = steward.executor.connectors.get(connector_name)
-    spec = type(connector).actions().get(method) if connector is not None else None
+    connector, spec = find_action(steward.executor.connectors, body.action)
     context = body.context
     if body.arguments is not None:
         if spec is None:
             raise InputInvalid(f"{body.action} is not an action of a connector this server has", details=[
                 {"loc": ["body", "action"], "msg": "unknown action", "type": "value_error"}])
-        db = steward.db
-
-        async def look(key: str, counter: str, window_start: Any) -> int:
-            return await db.run(lambda s: store.peek_slot(session=s, key=key, counter=counter,
-                                                          window_start=window_start), read_only=True)
-
-        facts = Facts(run_id="", workflow=wf.name, version=wf.version, connector=connector, action=body.action,
-                      idempotency_key=f"evaluate-{uuid.uuid4().hex}", compensating=False, clock=utcnow,
-                      recorded={}, take_slot=look)
+        facts = Facts.hypothetical(db=steward.db, run_id="", workflow=wf.name, version=wf.version,
+                                   connector=connector, action=body.action, clock=utcnow)
         try:
             context = await spec.context(facts, body.arguments) if spec.context is not None else {}
             resource = spec.policy_resource(body.arguments)

@@ -22,7 +22,7 @@ import copy
 import enum
 import functools
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -149,6 +149,13 @@ def action(
         return governed  # type: ignore[return-value]
 
     return decorate
+
+
+def find_action(connectors: Mapping[str, Connector], name: str) -> tuple[Connector | None, ActionSpec | None]:
+    """The connector and the declaration of the action ``connector.method`` (None for what is not there)."""
+    connector_name, _, method = name.partition(".")
+    connector = connectors.get(connector_name)
+    return connector, type(connector).actions().get(method) if connector is not None else None
 
 
 Sleep = Callable[[float], Awaitable[None]]
